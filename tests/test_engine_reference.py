@@ -1,0 +1,90 @@
+"""The cached engine against the plain reference of the spec, on tiny models built here (float64)."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from nudging import Nudger
+from reference import RefModel, reference_nudging
+from tiny import byte_level_tokenizer, local, metaspace_tokenizer, stuck_llama, tiny_llama
+
+PROMPTS = ["The cat reads the question", "Every student counts two numbers:"]
+SETTINGS = list(itertools.product([0.1, 0.4, 0.8], [1, 4, 16], [8, 48]))  # gamma, lookahead, budget
+
+
+def _chat(tokenizer, text: str) -> str:
+    if tokenizer.chat_template:
+        return tokenizer.apply_chat_template(
+            [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
+        )
+    return text + "\n"
+
+
+@pytest.fixture(scope="module")
+def tokenizers():
+    return {"byte": byte_level_tokenizer(), "meta": metaspace_tokenizer()}
+
+
+def _pairs(tokenizers):
+    byte, meta = tokenizers["byte"], tokenizers["meta"]
+    same_weights = dict(seed=7)
+    return {
+        # cross-tokenizer pairs: byte-level BPE base with a SentencePiece-style nudger, and the other way round
+        "byte-base/meta-nudger": (byte, tiny_llama(byte, seed=1, eos_logit_scale=4.0), meta, tiny_llama(meta, seed=4), False),
+        "meta-base/byte-nudger": (meta, tiny_llama(meta, seed=2), byte, tiny_llama(byte, seed=5, eos_logit_scale=1.4), False),
+        # one set of weights, the base less sharp: the models agree, so the base takes over on agreement
+        "agreeing": (byte, tiny_llama(byte, sharpness=6.0, **same_weights), byte, tiny_llama(byte, sharpness=25.0, **same_weights), True),
+        # a nudger that writes one token forever: the repetition guard
+        "stuck-nudger": (meta, tiny_llama(meta, seed=5), byte, stuck_llama(byte, byte.convert_tokens_to_ids("the")), False),
+        # a base with a 40-token context: generation ends when a run no longer fits
+        "short-context": (byte, tiny_llama(byte, seed=6, max_positions=40), meta, tiny_llama(meta, seed=8), False),
+    }
+
+
+@pytest.fixture(scope="module")
+def outcomes(tokenizers):
+    rows = []
+    for name, (btok, bmodel, ntok, nmodel, same_prompt) in _pairs(tokenizers).items():
+        engine = Nudger(local(bmodel, btok, "base"), local(nmodel, ntok, "nudger"))
+        ref_base, ref_nudger = RefModel(bmodel, btok), RefModel(nmodel, ntok)
+        for prompt, (gamma, lookahead, budget) in itertools.product(PROMPTS, SETTINGS):
+            base_prompt = prompt + "\n"
+            nudger_prompt = base_prompt if same_prompt else _chat(ntok, prompt)
+            expected = reference_nudging(ref_base, ref_nudger, base_prompt, nudger_prompt, gamma, lookahead, budget)
+            got = engine.generate(
+                base_prompt=base_prompt, nudger_prompt=nudger_prompt, gamma=gamma, lookahead=lookahead,
+                max_new_tokens=budget,
+            )
+            rows.append((name, prompt, gamma, lookahead, budget, expected, got))
+    return rows
+
+
+def test_engine_matches_reference(outcomes):
+    for name, prompt, gamma, lookahead, budget, expected, got in outcomes:
+        where = f"{name} prompt={prompt!r} gamma={gamma} L={lookahead} M={budget}"
+        assert got.text == expected.text, where
+        assert [(s.text, s.source) for s in got.spans] == expected.spans, where
+        assert got.stop_reason == expected.stop_reason, where
+
+
+def test_grid_reaches_every_stop_reason_and_branch(outcomes):
+    reasons = {expected.stop_reason for *_, expected, _ in outcomes}
+    assert reasons == {"nudger_eos", "repetition", "length"}
+    events = set().union(*(expected.events for *_, expected, _ in outcomes))
+    assert events >= {
+        "takeover_by_eos", "takeover_confident", "takeover_agrees", "word_accepted", "no_takeover",
+        "base_stage_unsure", "base_stage_eos", "context_full",
+    }, events
+    sources = {span.source for *_, got in outcomes for span in got.spans}
+    assert sources == {"base", "nudger"}
+
+
+def test_cache_is_reused(outcomes, tokenizers):
+    """The engine processes far fewer tokens than a recompute-everything loop would."""
+    long_runs = [got for name, *_, got in outcomes if name == "agreeing" and got.stats.answer_base_tokens >= 30]
+    assert long_runs
+    for got in long_runs:
+        base = got.stats.models["base"]
+        assert base["tokens_processed"] < 3 * (got.stats.answer_base_tokens + 20), base

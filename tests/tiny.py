@@ -1,0 +1,129 @@
+"""Tiny models and tokenizers built in the tests: fast, and shaped so every branch of the algorithm runs.
+
+Two tokenizers trained here on a small corpus: a byte-level BPE (GPT-2 style, no BOS, ChatML end-of-turn as
+EOS) and a SentencePiece-style BPE (Metaspace, byte fallback, adds BOS), so cross-tokenizer paths run. Models are
+small Llama configs with random weights whose output layer is scaled ("sharpened") so that top-1 probabilities
+spread from near 0 to near 1. The models run in float64: the cached and uncached forward passes then agree to
+about 1e-12, so a threshold test never flips between the engine and the reference.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from nudging import LocalModel
+
+CHATML = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def corpus() -> list[str]:
+    subjects = ["the cat", "a robot", "my friend", "the old café owner", "every student", "Zoë", "the model"]
+    verbs = ["reads", "writes", "counts", "answers", "finds", "naïvely adds"]
+    objects = ["the question", "two numbers", "a long letter", "the last word", "three apples", "the answer"]
+    tails = [".", " today.", " quickly.", "\n", ": 12 + 7 = 19.", " step by step.", "?"]
+    lines = [f"{s} {v} {o}{t}" for s, v, o, t in itertools.product(subjects, verbs, objects, tails)]
+    return [line[0].upper() + line[1:] for line in lines]
+
+
+def byte_level_tokenizer(vocab_size: int = 360) -> PreTrainedTokenizerFast:
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tokenizer.train_from_iterator(corpus(), trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, eos_token="<|im_end|>", bos_token="<|im_start|>", pad_token="<|endoftext|>"
+    )
+    fast.chat_template = CHATML
+    return fast
+
+
+def metaspace_tokenizer(vocab_size: int = 420) -> PreTrainedTokenizerFast:
+    byte_tokens = [f"<0x{i:02X}>" for i in range(256)]
+    tokenizer = Tokenizer(models.BPE(byte_fallback=True))
+    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
+    tokenizer.decoder = decoders.Sequence(
+        [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
+    )
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size + 256, special_tokens=["<unk>", "<s>", "</s>"] + byte_tokens)
+    tokenizer.train_from_iterator(corpus(), trainer)
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", tokenizer.token_to_id("<s>"))]
+    )
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+
+
+def garbage_ids(tokenizer) -> list[int]:
+    """Ids that decode to part of a multi-byte character (lone bytes) or to control characters."""
+    def garbage(text: str) -> bool:
+        return "\ufffd" in text or any(ord(ch) < 32 and ch != "\n" for ch in text)
+
+    return [i for i in range(len(tokenizer)) if garbage(tokenizer.decode([i]))]
+
+
+def tiny_llama(
+    tokenizer,
+    *,
+    seed: int,
+    sharpness: float = 25.0,
+    eos_logit_scale: float = 1.0,
+    max_positions: int = 1024,
+) -> LlamaForCausalLM:
+    """A random tiny Llama for `tokenizer`. Lone-byte and control-character tokens get zero logits, so random
+    weights write readable characters (a model that emits random bytes makes text that byte-fallback decoders
+    rewrite); the multi-byte cases are tested on purpose in test_pieces.py."""
+    vocab_size, eos_id = len(tokenizer), tokenizer.eos_token_id
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=max_positions,
+        tie_word_embeddings=False,
+        eos_token_id=eos_id,
+        bos_token_id=None,
+        pad_token_id=None,
+    )
+    model = LlamaForCausalLM(config).to(torch.float64)
+    with torch.no_grad():
+        for layer in model.model.layers:  # stronger attention so the context matters (and a bad cache shows)
+            layer.self_attn.q_proj.weight.mul_(8.0)
+            layer.self_attn.k_proj.weight.mul_(8.0)
+            layer.self_attn.o_proj.weight.mul_(20.0)
+        model.lm_head.weight.mul_(sharpness)
+        model.lm_head.weight[eos_id].mul_(eos_logit_scale)
+        model.lm_head.weight[garbage_ids(tokenizer)] = 0.0
+    return model.eval()
+
+
+def stuck_llama(tokenizer, token: int) -> LlamaForCausalLM:
+    """A model that writes `token` forever, almost surely: its logits ignore the context."""
+    model = tiny_llama(tokenizer, seed=0)
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
+        model.model.embed_tokens.weight[:, 0] = 1.0
+        model.model.norm.weight.zero_()
+        model.model.norm.weight[0] = 1.0
+        model.lm_head.weight.zero_()
+        model.lm_head.weight[token, 0] = 10.0
+    return model
+
+
+def local(model, tokenizer, name: str) -> LocalModel:
+    return LocalModel(model, tokenizer, name=name)
