@@ -83,8 +83,11 @@ class LocalModel:
         return self.model.device
 
     def reset_sampling(self) -> None:
+        """Restart the sampler: from its seed (reproducible), or from a fresh random seed when none is set."""
         if self.sampling.seed is not None:
             self._generator.manual_seed(self.sampling.seed)
+        else:
+            self._generator.seed()
 
     # --- text <-> ids ---------------------------------------------------------------------------------------
     def tokenize(self, text: str) -> list[int]:
@@ -123,14 +126,16 @@ class LocalModel:
         new_ids = torch.tensor([list(ids[keep:])], dtype=torch.long, device=self.device)
         try:
             with torch.inference_mode():
-                output = self.model(input_ids=new_ids, cache=self._cache, use_cache=True)
+                output = self.model(
+                    input_ids=new_ids, cache=self._cache, use_cache=True, logits_to_keep=len(ids) - first_position
+                )
         except BaseException:
             self._cache, self._cached_ids = None, []
             raise
         self._cached_ids = list(ids)
         self.counters.forward_passes += 1
         self.counters.tokens_processed += len(ids) - keep
-        return output.logits[0, first_position - keep :].float()
+        return output.logits[0].float()
 
     def choose(self, logits: torch.Tensor, ids: Sequence[int], detok: IncrementalDetokenizer) -> Choice:
         """Top-1 probability of one position's logits and the token this model writes there."""

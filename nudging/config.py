@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from nudging.errors import InvalidArgumentError
@@ -16,7 +17,7 @@ class NudgingConfig:
     max_new_tokens: int = 512
 
     def __post_init__(self) -> None:
-        if not isinstance(self.gamma, (int, float)) or not 0.0 < float(self.gamma) < 1.0:
+        if isinstance(self.gamma, bool) or not isinstance(self.gamma, (int, float)) or not 0.0 < self.gamma < 1.0:
             raise InvalidArgumentError(f"gamma must be a number strictly between 0 and 1, got {self.gamma!r}")
         for name in ("lookahead", "max_new_tokens"):
             value = getattr(self, name)
@@ -36,9 +37,9 @@ class SamplingConfig:
     seed: int | None = None
 
     def __post_init__(self) -> None:
-        if not isinstance(self.temperature, (int, float)) or self.temperature < 0:
+        if not isinstance(self.temperature, (int, float)) or not math.isfinite(self.temperature) or self.temperature < 0:
             raise InvalidArgumentError(f"temperature must be a number >= 0, got {self.temperature!r}")
-        if not isinstance(self.top_p, (int, float)) or not 0.0 < self.top_p <= 1.0:
+        if not isinstance(self.top_p, (int, float)) or not 0.0 < self.top_p <= 1.0:  # also rejects NaN
             raise InvalidArgumentError(f"top_p must be in (0, 1], got {self.top_p!r}")
 
     @property

@@ -161,8 +161,10 @@ def load(spec: str, dtype: str = "auto", device: str = "auto") -> tuple[Any, Any
     source = resolve(spec)
     device = pick_device(device)
     torch_dtype = pick_dtype(dtype, device)
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
+    from transformers.utils import logging as transformers_logging
 
+    transformers_logging.disable_progress_bar()  # one bar per load is noise on a terminal and in logs
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
     except (OSError, ValueError) as error:

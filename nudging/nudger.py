@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import Iterator, Literal
+from typing import Callable, Iterator, Literal
 
 from nudging import engine, models, prompts
 from nudging.backend import LocalModel, ModelCounters
@@ -58,11 +58,14 @@ class Nudger:
         """
         _check_mode(mode)
         config = NudgingConfig(gamma, lookahead, max_new_tokens)  # validate before the slow loads
+        # Resolve every spec before loading any weights, so a bad spec fails fast.
+        base_source = models.resolve(base) if mode in ("nudging", "base") else None
+        nudger_source = models.resolve(nudger) if mode in ("nudging", "nudger") else None
         base_model = nudger_model = None
-        if mode in ("nudging", "base"):
-            base_model = LocalModel(*models.load(base, dtype, device), name="base", sampling=base_sampling)
-        if mode in ("nudging", "nudger"):
-            nudger_model = LocalModel(*models.load(nudger, dtype, device), name="nudger", sampling=nudger_sampling)
+        if base_source is not None:
+            base_model = LocalModel(*models.load(base_source, dtype, device), name="base", sampling=base_sampling)
+        if nudger_source is not None:
+            nudger_model = LocalModel(*models.load(nudger_source, dtype, device), name="nudger", sampling=nudger_sampling)
         return cls(base_model, nudger_model, config, system)
 
     def prompts_for(self, question: str, system: str | None = None) -> tuple[str, str]:
@@ -115,8 +118,12 @@ class Nudger:
         gamma: float | None = None,
         lookahead: int | None = None,
         max_new_tokens: int | None = None,
+        on_span: Callable[[Span], None] | None = None,
     ) -> GenerationResult:
-        """Answer one question (or raw prompts, used exactly as given) and return text, spans, stop reason, stats."""
+        """Answer one question (or raw prompts, used exactly as given) and return text, spans, stop reason, stats.
+
+        `on_span` is called with each piece of the answer as soon as it is written (for live display).
+        """
         config = NudgingConfig(
             self.config.gamma if gamma is None else gamma,
             self.config.lookahead if lookahead is None else lookahead,
@@ -125,12 +132,13 @@ class Nudger:
         state = engine.EngineState()
         before = {name: _copy(m.counters) for name, m in self._models().items()}
         started = time.perf_counter()
-        spans = merge_spans(
-            self.stream(
-                question, base_prompt=base_prompt, nudger_prompt=nudger_prompt, system=system, mode=mode,
-                config=config, state=state,
-            )
+        pieces = self.stream(
+            question, base_prompt=base_prompt, nudger_prompt=nudger_prompt, system=system, mode=mode,
+            config=config, state=state,
         )
+        if on_span is not None:
+            pieces = _tap(pieces, on_span)
+        spans = merge_spans(pieces)
         seconds = time.perf_counter() - started
         work = {name: _difference(m.counters, before[name]) for name, m in self._models().items()}
         return GenerationResult(
@@ -183,6 +191,12 @@ class Nudger:
             models=work,
             seconds=seconds,
         )
+
+
+def _tap(spans: Iterator[Span], callback: Callable[[Span], None]) -> Iterator[Span]:
+    for span in spans:
+        callback(span)
+        yield span
 
 
 def _check_mode(mode: str) -> None:

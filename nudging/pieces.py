@@ -1,10 +1,13 @@
 """Token pieces: the text a token adds to a run.
 
-The spec defines a token's piece as decode(ids + [t]) minus decode(ids). Text that ends inside a multi-byte
-character decodes to U+FFFD; such an unfinished tail is held back ("settled" text drops trailing U+FFFD), so a
-character cut across tokens arrives whole with the token that completes it, and a run that stops in the middle of
-one writes nothing for it. Decoding the whole run for every token costs O(n) per token, so this decodes a short
-window of the run's last tokens instead; the window starts on a character boundary so the two agree.
+The spec defines a token's piece as decode(ids + [t]) minus decode(ids). A run's text is taken at its last
+token boundary where the decoded text ends on a whole character: while the decode ends in U+FFFD (a multi-byte
+character cut across tokens, which byte-fallback decoders may even spread back over earlier bytes of the same
+group) the new tokens' text is held back, and it arrives whole with the token that completes the character. A
+run that stops in the middle of a character writes nothing for it.
+
+Decoding the whole run for every token costs O(n) per token, so this decodes a short window of the run's last
+tokens instead; the window starts on a character boundary, so both give the same pieces.
 """
 
 from __future__ import annotations
@@ -15,9 +18,9 @@ REPLACEMENT_CHAR = "\ufffd"
 CONTEXT_TOKENS = 4
 
 
-def settled(text: str) -> str:
-    """Text without an unfinished multi-byte character at its end."""
-    return text.rstrip(REPLACEMENT_CHAR)
+def is_complete(text: str) -> bool:
+    """False when the text ends inside a multi-byte character."""
+    return not text.endswith(REPLACEMENT_CHAR)
 
 
 def text_after(full: str, prefix: str) -> str:
@@ -42,24 +45,25 @@ class IncrementalDetokenizer:
     def __init__(self, tokenizer: Any, ids: Sequence[int]) -> None:
         self._tokenizer = tokenizer
         self._start = self._boundary_at_or_before(ids, max(0, len(ids) - CONTEXT_TOKENS), 0)
-        self._window_text = settled(decode(tokenizer, ids[self._start :]))
+        self._committed = decode(tokenizer, ids[self._start :])  # window text up to the last whole character
 
     def peek(self, ids: Sequence[int], token: int) -> str:
         """The piece `token` would add after `ids` (the run's ids so far), without recording it."""
-        window = list(ids[self._start :]) + [token]
-        return text_after(settled(decode(self._tokenizer, window)), self._window_text)
+        text = decode(self._tokenizer, list(ids[self._start :]) + [token])
+        return text_after(text, self._committed) if is_complete(text) else ""
 
     def push(self, ids: Sequence[int]) -> str:
         """Record that the last id of `ids` was appended to the run; returns its piece."""
-        full = decode(self._tokenizer, ids[self._start :])
-        text = settled(full)
-        piece = text_after(text, self._window_text)
-        self._window_text = text
-        if full == text and len(ids) - self._start > 2 * CONTEXT_TOKENS:
+        text = decode(self._tokenizer, ids[self._start :])
+        if not is_complete(text):
+            return ""
+        piece = text_after(text, self._committed)
+        self._committed = text
+        if len(ids) - self._start > 2 * CONTEXT_TOKENS:
             start = self._boundary_at_or_before(ids, len(ids) - CONTEXT_TOKENS, self._start)
             if start != self._start:
                 self._start = start
-                self._window_text = settled(decode(self._tokenizer, ids[start:]))
+                self._committed = decode(self._tokenizer, ids[start:])
         return piece
 
     def _boundary_at_or_before(self, ids: Sequence[int], start: int, lowest: int) -> int:

@@ -32,13 +32,17 @@ class RefModel:
         if len(ids) > self.context:
             raise ContextFull
         with torch.no_grad():
-            logits = self.model(input_ids=torch.tensor([ids])).logits[0, -1].float()
+            logits = self.model(input_ids=torch.tensor([ids]), logits_to_keep=1).logits[0, -1].float()
         probs = torch.softmax(logits, dim=-1)
         return int(torch.argmax(probs)), float(probs.max())
 
     def text(self, ids: list[int]) -> str:
-        decoded = self.tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
-        return decoded.rstrip(REPLACEMENT)
+        """The run's text at its last token boundary where the decode ends on a whole character."""
+        for end in range(len(ids), -1, -1):
+            decoded = self.tokenizer.decode(ids[:end], skip_special_tokens=False, clean_up_tokenization_spaces=False)
+            if not decoded.endswith(REPLACEMENT):
+                return decoded
+        return ""
 
     def piece(self, ids: list[int], token: int) -> str:
         before, after = self.text(ids), self.text(ids + [token])

@@ -1,0 +1,5 @@
+import sys
+
+from nudging.cli import main
+
+sys.exit(main())

@@ -1,0 +1,155 @@
+"""Command line: `nudging generate`, `nudging bench`, `nudging setup`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Sequence
+
+from nudging.config import NudgingConfig, SamplingConfig
+from nudging.errors import NudgingError
+from nudging.nudger import MODES, Nudger
+from nudging.result import GenerationResult
+from nudging.text import Span
+
+NUDGER_STYLE = "bold magenta"
+
+
+def _model_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("models")
+    group.add_argument("--base", default="demo-base", help="base model: hub id, folder, .gguf file or demo-base")
+    group.add_argument("--nudger", default="demo-nudger", help="aligned nudger: hub id, folder, .gguf or demo-nudger")
+    group.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    group.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    group = parser.add_argument_group("nudging")
+    group.add_argument("--gamma", type=float, default=0.3, help="nudge where the base's top-1 probability < gamma")
+    group.add_argument("--lookahead", type=int, default=16, help="tokens the nudger writes per round")
+    group.add_argument("--system", default=None, help="system text for both prompts")
+    group = parser.add_argument_group("sampling (default: greedy)")
+    group.add_argument("--base-temperature", type=float, default=0.0)
+    group.add_argument("--nudger-temperature", type=float, default=0.0)
+    group.add_argument("--top-p", type=float, default=1.0)
+    group.add_argument("--seed", type=int, default=None)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nudging", description="Inference-time alignment by nudging (ACL 2025).")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    generate = commands.add_parser("generate", help="answer one question")
+    generate.add_argument("question", nargs="?", help="the question (or use --base-prompt and --nudger-prompt)")
+    generate.add_argument("--base-prompt", help="raw base prompt, used exactly as given")
+    generate.add_argument("--nudger-prompt", help="raw nudger prompt, used exactly as given")
+    generate.add_argument("--max-new-tokens", type=int, default=512, help="answer budget in base tokens")
+    generate.add_argument("--mode", default="nudging", choices=MODES, help="nudging, or one model alone")
+    generate.add_argument("--json", action="store_true", help="print one JSON object")
+    _model_options(generate)
+
+    bench = commands.add_parser("bench", help="time nudging against base-only greedy decoding")
+    bench.add_argument("--prompts", help="file with one question per line, or JSONL with a 'question' field")
+    bench.add_argument("--max-new-tokens", type=int, default=128)
+    bench.add_argument("--json", action="store_true", help="print one JSON object")
+    _model_options(bench)
+
+    setup = commands.add_parser("setup", help="install and convert the demo models once")
+    setup.add_argument("--models", nargs="*", default=["demo-base", "demo-nudger"])
+    return parser
+
+
+def _sampling(args: argparse.Namespace) -> tuple[SamplingConfig, SamplingConfig]:
+    return (
+        SamplingConfig(args.base_temperature, args.top_p, args.seed),
+        SamplingConfig(args.nudger_temperature, args.top_p, args.seed),
+    )
+
+
+def _load(args: argparse.Namespace, max_new_tokens: int, mode: str = "nudging") -> Nudger:
+    NudgingConfig(args.gamma, args.lookahead, max_new_tokens)  # fail on bad numbers before loading models
+    base_sampling, nudger_sampling = _sampling(args)
+    return Nudger.from_pretrained(
+        args.base, args.nudger, gamma=args.gamma, lookahead=args.lookahead, max_new_tokens=max_new_tokens,
+        system=args.system, dtype=args.dtype, device=args.device, base_sampling=base_sampling,
+        nudger_sampling=nudger_sampling, mode=mode,
+    )
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    if args.question is None and (args.base_prompt is None or args.nudger_prompt is None) and args.mode == "nudging":
+        raise NudgingError("give a QUESTION, or both --base-prompt and --nudger-prompt")
+    if args.question is None and args.base_prompt is None and args.nudger_prompt is None:
+        raise NudgingError("give a QUESTION, or a raw prompt for the model of --mode")
+    nudger = _load(args, args.max_new_tokens, args.mode)
+    if args.json:
+        result = nudger.generate(
+            args.question, base_prompt=args.base_prompt, nudger_prompt=args.nudger_prompt, mode=args.mode
+        )
+        print(json.dumps(result.to_dict(), ensure_ascii=False))
+        return 0
+    from rich.console import Console
+
+    console = Console(highlight=False)
+
+    def show(span: Span) -> None:
+        console.print(span.text, style=NUDGER_STYLE if span.source == "nudger" else None, end="", markup=False)
+
+    result = nudger.generate(
+        args.question, base_prompt=args.base_prompt, nudger_prompt=args.nudger_prompt, mode=args.mode, on_span=show
+    )
+    console.print()
+    console.print(summary_line(result), style="dim", markup=False)
+    return 0
+
+
+def summary_line(result: GenerationResult) -> str:
+    stats = result.stats
+    parts = [f"stop: {result.stop_reason}"]
+    if result.mode == "nudging":
+        parts.append(f"rounds {stats.rounds}")
+        parts.append(
+            f"nudger wrote {stats.nudged_words}/{stats.total_words} words ({100 * stats.nudged_word_fraction:.0f}%)"
+        )
+    parts.append(f"{stats.answer_base_tokens} answer tokens")
+    for name, work in stats.models.items():
+        parts.append(f"{name}: {work['forward_passes']} passes, {work['tokens_processed']} tokens")
+    parts.append(f"{stats.seconds:.1f} s")
+    return " · ".join(parts)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from nudging import bench
+
+    prompts = bench.read_prompts(args.prompts) if args.prompts else bench.DEFAULT_PROMPTS
+    nudger = _load(args, args.max_new_tokens)
+    report = bench.run(nudger, prompts, args.max_new_tokens, progress=not args.json)
+    if args.json:
+        print(json.dumps(report, ensure_ascii=False))
+    else:
+        bench.print_report(report)
+    return 0
+
+
+def cmd_setup(args: argparse.Namespace) -> int:
+    from nudging import models
+
+    for spec in args.models:
+        folder = models.resolve(spec)
+        print(f"{spec}: ready in {folder}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handlers = {"generate": cmd_generate, "bench": cmd_bench, "setup": cmd_setup}
+    try:
+        return handlers[args.command](args)
+    except NudgingError as error:
+        print(f"nudging: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("nudging: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

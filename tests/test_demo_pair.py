@@ -1,0 +1,68 @@
+"""The real demo pair (gemma-3-270m base, SmolLM2-135M-Instruct nudger: two families, two tokenizers).
+
+Both run in float64 here so that the cached engine and the uncached reference agree to ~1e-12 and a threshold
+test cannot flip on a near-tie; users run float32 (or bf16 on a GPU), where the same code runs.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from nudging import LocalModel, Nudger, models, prompts
+from reference import RefModel, reference_nudging
+
+pytestmark = pytest.mark.demo
+
+QUESTIONS = [
+    'Take the last letters of each word in "Ada Lovelace" and concatenate them.',
+    "What is 12 * 7?",
+    "Is a tomato a fruit or a vegetable? Answer with reasons.",
+]
+
+
+@pytest.fixture(scope="module")
+def pair():
+    base = models.load("demo-base", dtype="float64", device="cpu")
+    nudger = models.load("demo-nudger", dtype="float64", device="cpu")
+    return base, nudger
+
+
+@pytest.fixture(scope="module")
+def engine(pair):
+    (base_model, base_tok), (nudger_model, nudger_tok) = pair
+    return Nudger(LocalModel(base_model, base_tok, name="base"), LocalModel(nudger_model, nudger_tok, name="nudger"))
+
+
+def test_nudger_eos_is_chat_end_of_turn(engine):
+    assert engine.nudger.tokenizer.convert_tokens_to_ids("<|im_end|>") in engine.nudger.eos_ids
+    assert engine.base.tokenizer.convert_tokens_to_ids("<eos>") in engine.base.eos_ids
+
+
+@pytest.mark.parametrize(
+    "question, gamma, lookahead, budget",
+    [(QUESTIONS[0], 0.3, 16, 32), (QUESTIONS[1], 0.3, 16, 32), (QUESTIONS[2], 0.6, 6, 16)],
+)
+def test_engine_matches_reference_on_demo_pair(pair, engine, question, gamma, lookahead, budget):
+    (base_model, base_tok), (nudger_model, nudger_tok) = pair
+    base_prompt = prompts.base_prompt(question)
+    nudger_prompt = prompts.chat_prompt(nudger_tok, question)
+    expected = reference_nudging(
+        RefModel(base_model, base_tok), RefModel(nudger_model, nudger_tok), base_prompt, nudger_prompt, gamma,
+        lookahead, budget,
+    )
+    got = engine.generate(question, gamma=gamma, lookahead=lookahead, max_new_tokens=budget)
+    assert got.text == expected.text
+    assert [(span.text, span.source) for span in got.spans] == expected.spans
+    assert got.stop_reason == expected.stop_reason
+
+
+def test_demo_pair_nudges_and_reuses_caches():
+    """The public API on the demo aliases, in float32 as users run it."""
+    nudger = Nudger.from_pretrained("demo-base", "demo-nudger", max_new_tokens=48, device="cpu")
+    results = [nudger.generate(q) for q in QUESTIONS]
+    assert {span.source for r in results for span in r.spans} == {"base", "nudger"}
+    prompt_tokens = min(len(nudger.base.tokenize(nudger.prompts_for(q)[0])) for q in QUESTIONS)
+    for result in results:
+        work = result.stats.models["base"]
+        # Recomputing from scratch would feed at least the whole prompt on every pass.
+        assert work["tokens_processed"] < work["forward_passes"] * prompt_tokens / 2 or work["forward_passes"] <= 2
