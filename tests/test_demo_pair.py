@@ -38,10 +38,8 @@ def test_nudger_eos_is_chat_end_of_turn(engine):
     assert engine.base.tokenizer.convert_tokens_to_ids("<eos>") in engine.base.eos_ids
 
 
-@pytest.mark.parametrize(
-    "question, gamma, lookahead, budget",
-    [(QUESTIONS[0], 0.3, 16, 32), (QUESTIONS[1], 0.3, 16, 32), (QUESTIONS[2], 0.6, 6, 16)],
-)
+@pytest.mark.parametrize("question", QUESTIONS)
+@pytest.mark.parametrize("gamma, lookahead, budget", [(0.3, 16, 48), (0.6, 6, 24)])
 def test_engine_matches_reference_on_demo_pair(pair, engine, question, gamma, lookahead, budget):
     (base_model, base_tok), (nudger_model, nudger_tok) = pair
     base_prompt = prompts.base_prompt(question)
