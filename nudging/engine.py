@@ -13,7 +13,7 @@ from typing import Iterator, Literal
 from nudging.backend import Choice, LocalModel, Run
 from nudging.config import NudgingConfig
 from nudging.errors import ContextWindowFull
-from nudging.text import Span, join_words, split_lookahead
+from nudging.text import Source, Span, join_words, split_lookahead
 
 StopReason = Literal["nudger_eos", "repetition", "length", "eos"]
 
@@ -102,9 +102,10 @@ def _accept_words(
     return join_words(lead, words[:-1]), None
 
 
-def single_model(model: LocalModel, prompt: str, max_new_tokens: int, state: EngineState) -> Iterator[Span]:
+def single_model(
+    model: LocalModel, source: Source, prompt: str, max_new_tokens: int, state: EngineState
+) -> Iterator[Span]:
     """Plain decoding of one model (the `base` and `nudger` modes): stops at EOS or after max_new_tokens."""
-    source = "base" if model.name == "base" else "nudger"
     try:
         run = model.start_run(prompt)
         for _ in range(max_new_tokens):

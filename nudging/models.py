@@ -168,7 +168,11 @@ def load(spec: str, dtype: str = "auto", device: str = "auto") -> tuple[Any, Any
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
     except (OSError, ValueError) as error:
-        raise ModelNotFoundError(f"could not load a tokenizer for {spec!r}: {_first_line(error)}") from None
+        where = "" if Path(source).is_dir() else (
+            f" (not a local folder or .gguf file, so it was looked up on the Hugging Face hub; the built-in demo "
+            f"models are {', '.join(DEMO_MODELS)})"
+        )
+        raise ModelNotFoundError(f"could not load model {spec!r}{where}: {_first_line(error)}") from None
     model = _causal_lm(lambda auto: auto.from_pretrained(source, dtype=torch_dtype), spec)
     return model.to(device), tokenizer
 

@@ -96,11 +96,11 @@ class Nudger:
         if mode == "base":
             model = self._need(self.base, "base", mode)
             model.check_prompt_fits(base_text, "the base prompt")
-            return engine.single_model(model, base_text, config.max_new_tokens, state)
+            return engine.single_model(model, "base", base_text, config.max_new_tokens, state)
         if mode == "nudger":
             model = self._need(self.nudger, "nudger", mode)
             model.check_prompt_fits(nudger_text, "the nudger prompt")
-            return engine.single_model(model, nudger_text, config.max_new_tokens, state)
+            return engine.single_model(model, "nudger", nudger_text, config.max_new_tokens, state)
         base = self._need(self.base, "base", mode)
         nudger = self._need(self.nudger, "nudger", mode)
         base.check_prompt_fits(base_text, "the base prompt")
