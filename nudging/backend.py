@@ -98,9 +98,12 @@ class LocalModel:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def check_prompt_fits(self, text: str, what: str) -> None:
-        if self.context_length is not None and len(self.tokenize(text)) >= self.context_length:
+        if self.context_length is None:
+            return
+        length = len(self.tokenize(text))
+        if length >= self.context_length:
             raise PromptTooLongError(
-                f"{what} is {len(self.tokenize(text))} tokens long, but {self.name} has a context window of "
+                f"{what} is {length} tokens long, but {self.name} has a context window of "
                 f"{self.context_length} tokens and needs room for at least one new token"
             )
 

@@ -7,7 +7,8 @@ import json
 import sys
 from typing import Sequence
 
-from nudging.config import NudgingConfig, SamplingConfig
+from nudging import models
+from nudging.config import SamplingConfig
 from nudging.errors import NudgingError
 from nudging.nudger import MODES, Nudger
 from nudging.result import GenerationResult
@@ -20,8 +21,8 @@ def _model_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("models")
     group.add_argument("--base", default="demo-base", help="base model: hub id, folder, .gguf file or demo-base")
     group.add_argument("--nudger", default="demo-nudger", help="aligned nudger: hub id, folder, .gguf or demo-nudger")
-    group.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
-    group.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    group.add_argument("--dtype", default="auto", choices=models.DTYPES)
+    group.add_argument("--device", default="auto", choices=models.DEVICES)
     group = parser.add_argument_group("nudging")
     group.add_argument("--gamma", type=float, default=0.3, help="nudge where the base's top-1 probability < gamma")
     group.add_argument("--lookahead", type=int, default=16, help="tokens the nudger writes per round")
@@ -65,7 +66,6 @@ def _sampling(args: argparse.Namespace) -> tuple[SamplingConfig, SamplingConfig]
 
 
 def _load(args: argparse.Namespace, max_new_tokens: int, mode: str = "nudging") -> Nudger:
-    NudgingConfig(args.gamma, args.lookahead, max_new_tokens)  # fail on bad numbers before loading models
     base_sampling, nudger_sampling = _sampling(args)
     return Nudger.from_pretrained(
         args.base, args.nudger, gamma=args.gamma, lookahead=args.lookahead, max_new_tokens=max_new_tokens,
@@ -130,8 +130,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_setup(args: argparse.Namespace) -> int:
-    from nudging import models
-
     for spec in args.models:
         folder = models.resolve(spec)
         print(f"{spec}: ready in {folder}")

@@ -93,7 +93,7 @@ def converted_folder(gguf: Path) -> Path:
     if (folder / "config.json").exists():
         return folder
     print(f"nudging: converting {gguf.name} once into {folder} (about a minute) ...", file=sys.stderr)
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     model = _causal_lm(lambda auto: auto.from_pretrained(str(gguf.parent), gguf_file=gguf.name), str(gguf))
