@@ -1,4 +1,4 @@
-"""Command line: `nudging generate`, `nudging bench`, `nudging setup`."""
+"""Command line: `nudging generate`, `nudging bench`, `nudging eval`, `nudging setup`."""
 
 from __future__ import annotations
 
@@ -12,12 +12,13 @@ from nudging.config import SamplingConfig
 from nudging.errors import NudgingError
 from nudging.nudger import MODES, Nudger
 from nudging.result import GenerationResult
+from nudging.evals.tasks import TASK_NAMES
 from nudging.text import Span
 
 NUDGER_STYLE = "bold magenta"
 
 
-def _model_options(parser: argparse.ArgumentParser) -> None:
+def _model_options(parser: argparse.ArgumentParser, sampling: bool = True) -> None:
     group = parser.add_argument_group("models")
     group.add_argument("--base", default="demo-base", help="base model: hub id, folder, .gguf file or demo-base")
     group.add_argument("--nudger", default="demo-nudger", help="aligned nudger: hub id, folder, .gguf or demo-nudger")
@@ -26,6 +27,8 @@ def _model_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("nudging")
     group.add_argument("--gamma", type=float, default=0.3, help="nudge where the base's top-1 probability < gamma")
     group.add_argument("--lookahead", type=int, default=16, help="tokens the nudger writes per round")
+    if not sampling:
+        return
     group.add_argument("--system", default=None, help="system text for both prompts")
     group = parser.add_argument_group("sampling (default: greedy)")
     group.add_argument("--base-temperature", type=float, default=0.0)
@@ -52,6 +55,23 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--max-new-tokens", type=int, default=128)
     bench.add_argument("--json", action="store_true", help="print one JSON object")
     _model_options(bench)
+
+    evaluate = commands.add_parser("eval", help="score methods on the paper's benchmarks (results resume)")
+    evaluate.add_argument("--task", action="append", default=[], metavar="TASK",
+                          help="a benchmark (repeatable), or all: " + ", ".join(TASK_NAMES))
+    evaluate.add_argument("--method", action="append", default=[], choices=MODES,
+                          help="nudging, base or nudger (repeatable; default: all three)")
+    evaluate.add_argument("--limit", type=int, default=None, help="items per task: a seeded sample, the same for every method")
+    evaluate.add_argument("--seed", type=int, default=0, help="seed of the sample and of the generated tasks")
+    evaluate.add_argument("--out", default="eval_results", help="folder for result files, table and chart")
+    evaluate.add_argument("--max-new-tokens", type=int, default=512, help="answer budget in base tokens")
+    evaluate.add_argument("--data", action="append", default=[], metavar="TASK=FILE",
+                          help="items of TASK from a .jsonl/.json/.csv file (fields: question, answer, options, id)")
+    evaluate.add_argument("--judge-url", help="OpenAI-compatible endpoint for LLM-judge scoring, e.g. http://host:8000/v1")
+    evaluate.add_argument("--judge-model", help="model name to send to the judge endpoint")
+    evaluate.add_argument("--report", metavar="DIR", nargs="?", const=True, default=None,
+                          help="only rebuild the table and chart from the result files in DIR (default: --out)")
+    _model_options(evaluate, sampling=False)
 
     setup = commands.add_parser("setup", help="install and convert the demo models once")
     setup.add_argument("--models", nargs="*", default=["demo-base", "demo-nudger"])
@@ -129,6 +149,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    from nudging.evals import cli_eval
+
+    return cli_eval.main(args)
+
+
 def cmd_setup(args: argparse.Namespace) -> int:
     for spec in args.models:
         folder = models.resolve(spec)
@@ -138,7 +164,7 @@ def cmd_setup(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handlers = {"generate": cmd_generate, "bench": cmd_bench, "setup": cmd_setup}
+    handlers = {"generate": cmd_generate, "bench": cmd_bench, "eval": cmd_eval, "setup": cmd_setup}
     try:
         return handlers[args.command](args)
     except NudgingError as error:

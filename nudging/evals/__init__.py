@@ -1,0 +1,1 @@
+"""`nudging eval`: the paper's benchmarks, scored, tabled and plotted."""

@@ -1,0 +1,234 @@
+"""Tables (markdown, CSV) and a grouped bar chart from result files."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from nudging.errors import InvalidArgumentError
+from nudging.evals import scoring, store
+from nudging.evals.tasks import TASK_NAMES
+
+METHOD_ORDER = ("base", "nudger", "nudging")
+Z95 = 1.959964
+
+
+@dataclass
+class Summary:
+    task: str
+    method: str  # column label: the method, plus the settings key when one folder holds several settings
+    items: int
+    scored: int  # items with a verdict (all, for rule-scored tasks)
+    correct: int
+    accuracy: float | None
+    ci_low: float | None
+    ci_high: float | None
+    mean_rating: float | None  # open-ended tasks with a judge
+    ended_by_itself: int
+    nudged_word_fraction: float | None
+    mean_seconds: float
+    base: str | None
+    nudger: str | None
+    max_new_tokens: int
+    key: str
+
+
+def wilson(correct: int, total: int) -> tuple[float, float]:
+    """95% Wilson score interval of a proportion."""
+    if total == 0:
+        return (math.nan, math.nan)
+    p = correct / total
+    denominator = 1 + Z95**2 / total
+    centre = (p + Z95**2 / (2 * total)) / denominator
+    half = Z95 * math.sqrt(p * (1 - p) / total + Z95**2 / (4 * total**2)) / denominator
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def verdict(row: dict[str, Any]) -> bool | None:
+    """A row's correctness: the judge's where it judged, else the current extraction rules applied again, so a
+    table never mixes answers scored by older rules with newer ones."""
+    if "judge" in row or "kind" not in row or row.get("error"):
+        return row.get("correct")
+    extracted = scoring.extract(row["kind"], row.get("prediction", ""), tuple(row.get("options") or ()))
+    return scoring.is_correct(row["kind"], extracted, row["gold"])
+
+
+def load_runs(folder: Path) -> list[tuple[dict[str, Any], list[dict[str, Any]]]]:
+    """(settings, rows) for every result file in a folder."""
+    if not folder.is_dir():
+        raise InvalidArgumentError(f"--report: {folder} is not a folder")
+    runs = []
+    for path in sorted(folder.glob("*.jsonl")):
+        meta_path = path.with_suffix(".json")
+        if not meta_path.is_file() or path.name == "judge_cache.jsonl":
+            continue
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        rows = list(store.read_rows(path))
+        if rows:
+            runs.append((meta, rows))
+    if not runs:
+        raise InvalidArgumentError(f"--report: no result files (*.jsonl with settings *.json) in {folder}")
+    return runs
+
+
+def summarize(runs: list[tuple[dict[str, Any], list[dict[str, Any]]]]) -> list[Summary]:
+    per_method: dict[tuple[str, str], int] = {}
+    for meta, _ in runs:
+        per_method[(meta["task"], meta["method"])] = per_method.get((meta["task"], meta["method"]), 0) + 1
+    summaries = []
+    for meta, rows in runs:
+        label = meta["method"] if per_method[(meta["task"], meta["method"])] == 1 else f"{meta['method']} {meta['key']}"
+        verdicts = [v for v in (verdict(row) for row in rows) if v is not None]
+        ratings = [row["rating"] for row in rows if row.get("rating") is not None]
+        correct = sum(bool(v) for v in verdicts)
+        low, high = wilson(correct, len(verdicts)) if verdicts else (None, None)
+        fractions = [row["stats"]["nudged_word_fraction"] for row in rows if row.get("stats")]
+        nudged = None
+        if meta["method"] == "nudging" and rows:
+            words = sum(row["stats"]["nudged_words"] for row in rows if row.get("stats"))
+            total = sum(row["stats"]["total_words"] for row in rows if row.get("stats"))
+            nudged = words / total if total else 0.0
+        seconds = [row["stats"]["seconds"] for row in rows if row.get("stats")]
+        summaries.append(Summary(
+            task=meta["task"], method=label, items=len(rows), scored=len(verdicts), correct=correct,
+            accuracy=correct / len(verdicts) if verdicts else None, ci_low=low, ci_high=high,
+            mean_rating=sum(ratings) / len(ratings) if ratings else None,
+            ended_by_itself=sum(bool(row.get("ended_by_itself")) for row in rows),
+            nudged_word_fraction=nudged if fractions or nudged is not None else None,
+            mean_seconds=sum(seconds) / len(seconds) if seconds else 0.0,
+            base=meta.get("base"), nudger=meta.get("nudger"), max_new_tokens=meta["max_new_tokens"], key=meta["key"],
+        ))
+    return summaries
+
+
+def _ordered(summaries: list[Summary]) -> tuple[list[str], list[str]]:
+    tasks = sorted({s.task for s in summaries}, key=lambda t: TASK_NAMES.index(t) if t in TASK_NAMES else 99)
+    methods = sorted({s.method for s in summaries},
+                     key=lambda m: (METHOD_ORDER.index(m.split()[0]) if m.split()[0] in METHOD_ORDER else 9, m))
+    return tasks, methods
+
+
+def _cell(summary: Summary | None, items: int) -> str:
+    if summary is None:
+        return "-"
+    suffix = f" (n={summary.items})" if summary.items != items else ""
+    if summary.accuracy is not None:
+        return f"{100 * summary.accuracy:.1f} [{100 * summary.ci_low:.0f}–{100 * summary.ci_high:.0f}]{suffix}"
+    if summary.mean_rating is not None:
+        return f"{summary.mean_rating:.2f}/5{suffix}"
+    return "needs --judge-url"
+
+
+def markdown(summaries: list[Summary]) -> str:
+    tasks, methods = _ordered(summaries)
+    by = {(s.task, s.method): s for s in summaries}
+    items = {t: max(s.items for s in summaries if s.task == t) for t in tasks}
+    bases = sorted({s.base for s in summaries if s.base})
+    nudgers = sorted({s.nudger for s in summaries if s.nudger})
+    budgets = sorted({s.max_new_tokens for s in summaries})
+    lines = [f"Base: {', '.join(bases) or '-'} · nudger: {', '.join(nudgers) or '-'} · "
+             f"max new tokens: {', '.join(map(str, budgets))}", "",
+             "## Accuracy (%) with 95% Wilson interval", "",
+             "| task | items | " + " | ".join(methods) + " | nudged words |",
+             "|---|---:|" + "---|" * len(methods) + "---:|"]
+    for task in tasks:
+        nudged = [by[(task, m)].nudged_word_fraction for m in methods
+                  if (task, m) in by and by[(task, m)].nudged_word_fraction is not None]
+        nudged_text = f"{100 * nudged[0]:.0f}%" if len(nudged) == 1 else "-"
+        cells = [_cell(by.get((task, m)), items[task]) for m in methods]
+        lines.append(f"| {task} | {items[task]} | " + " | ".join(cells) + f" | {nudged_text} |")
+    averages = []
+    for method in methods:
+        scores = [by[(t, method)].accuracy for t in tasks if (t, method) in by and by[(t, method)].accuracy is not None]
+        averages.append(f"**{100 * sum(scores) / len(scores):.1f}**" if scores else "-")
+    lines.append("| **average** | | " + " | ".join(averages) + " | |")
+    lines += ["", "## Answers that ended by themselves (EOS before the token budget)", "",
+              "| task | " + " | ".join(methods) + " |", "|---|" + "---:|" * len(methods)]
+    totals = {m: [0, 0] for m in methods}
+    for task in tasks:
+        cells = []
+        for method in methods:
+            summary = by.get((task, method))
+            if summary is None:
+                cells.append("-")
+                continue
+            totals[method][0] += summary.ended_by_itself
+            totals[method][1] += summary.items
+            cells.append(f"{summary.ended_by_itself}/{summary.items}")
+        lines.append(f"| {task} | " + " | ".join(cells) + " |")
+    lines.append("| **all** | " + " | ".join(f"**{a}/{b}**" for a, b in totals.values()) + " |")
+    lines += ["", "## Mean seconds per item", "", "| task | " + " | ".join(methods) + " |",
+              "|---|" + "---:|" * len(methods)]
+    for task in tasks:
+        cells = [f"{by[(task, m)].mean_seconds:.1f}" if (task, m) in by else "-" for m in methods]
+        lines.append(f"| {task} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_csv(summaries: list[Summary], path: Path) -> None:
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(asdict(summaries[0])))
+        writer.writeheader()
+        for summary in summaries:
+            writer.writerow(asdict(summary))
+
+
+def chart(summaries: list[Summary], path: Path) -> None:
+    """Two grouped bar panels per task: accuracy (with its interval) and answers that ended by themselves."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks, methods = _ordered(summaries)
+    by = {(s.task, s.method): s for s in summaries}
+    scored = [t for t in tasks if any(s.task == t and s.accuracy is not None for s in summaries)]
+    width = 0.8 / max(1, len(methods))
+    figure, (top, bottom) = plt.subplots(2, 1, figsize=(max(7.0, 1.0 * len(tasks) + 3), 7.5))
+    for index, method in enumerate(methods):
+        offset = (index - (len(methods) - 1) / 2) * width
+        xs, heights, errors = [], [], [[], []]
+        for position, task in enumerate(scored):
+            summary = by.get((task, method))
+            if summary is None or summary.accuracy is None:
+                continue
+            xs.append(position + offset)
+            heights.append(100 * summary.accuracy)
+            errors[0].append(100 * (summary.accuracy - summary.ci_low))
+            errors[1].append(100 * (summary.ci_high - summary.accuracy))
+        top.bar(xs, heights, width, yerr=errors, capsize=2, label=method, color=f"C{index}",
+                error_kw={"linewidth": 0.8})
+        xs, heights = [], []
+        for position, task in enumerate(tasks):
+            summary = by.get((task, method))
+            if summary is not None and summary.items:
+                xs.append(position + offset)
+                heights.append(100 * summary.ended_by_itself / summary.items)
+        bottom.bar(xs, heights, width, label=method, color=f"C{index}")
+    top.set_xticks(range(len(scored)), scored, rotation=30, ha="right")
+    top.set_ylabel("accuracy (%)")
+    top.set_title("Accuracy per task (error bars: 95% Wilson interval)")
+    bottom.set_xticks(range(len(tasks)), tasks, rotation=30, ha="right")
+    bottom.set_ylabel("answers (%)")
+    bottom.set_title("Answers that ended by themselves before the token budget")
+    for axes in (top, bottom):
+        axes.set_ylim(0, 105)
+        axes.spines[["top", "right"]].set_visible(False)
+    top.legend(frameon=False, ncols=len(methods), loc="upper right")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def build(folder: Path) -> tuple[list[Summary], dict[str, Path]]:
+    """Write summary.md, summary.csv and summary.png into the folder from its result files."""
+    summaries = summarize(load_runs(folder))
+    files = {"markdown": folder / "summary.md", "csv": folder / "summary.csv", "chart": folder / "summary.png"}
+    files["markdown"].write_text(markdown(summaries), encoding="utf-8")
+    write_csv(summaries, files["csv"])
+    chart(summaries, files["chart"])
+    return summaries, files

@@ -1,0 +1,225 @@
+"""Run methods over benchmark items, one JSON-lines result file per (task, method, models, settings).
+
+Rows are written as each item finishes; a rerun reads them back and skips finished items, so a killed run
+loses nothing and `--limit 20` after `--limit 10` adds only the ten new items.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from nudging.errors import InvalidArgumentError, NudgingError, PromptTooLongError
+from nudging.evals import scoring, store
+from nudging.evals.examples import Example
+from nudging.evals.judge import Judge
+from nudging.evals.tasks import TASK_NAMES, Task, get_task, load_examples, select
+from nudging.evals.sources import DataUnavailableError
+from nudging.nudger import MODES, Nudger
+
+RESULT_VERSION = 1  # bump when prompts or scoring change, so old results are not mixed with new ones
+ENDED_BY_ITSELF = ("eos", "nudger_eos")
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """Everything that makes one result file's answers what they are."""
+
+    task: str
+    method: str
+    base: str | None
+    nudger: str | None
+    gamma: float | None
+    lookahead: int | None
+    max_new_tokens: int
+    seed: int
+    dtype: str
+    data: str | None = None
+    version: int = RESULT_VERSION
+
+    @property
+    def key(self) -> str:
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:10]
+
+    @property
+    def stem(self) -> str:
+        return f"{self.task}__{self.method}__{self.key}"
+
+
+@dataclass
+class EvalRequest:
+    tasks: list[str]
+    methods: list[str]
+    base: str = "demo-base"
+    nudger: str = "demo-nudger"
+    gamma: float = 0.3
+    lookahead: int = 16
+    max_new_tokens: int = 512
+    limit: int | None = None
+    seed: int = 0
+    out: Path = Path("eval_results")
+    dtype: str = "auto"
+    device: str = "auto"
+    data: dict[str, str] = field(default_factory=dict)
+    judge: Judge | None = None
+
+    def settings(self, task: str, method: str) -> RunSettings:
+        uses_base = method in ("base", "nudging")
+        uses_nudger = method in ("nudger", "nudging")
+        return RunSettings(
+            task=task, method=method,
+            base=self.base if uses_base else None,
+            nudger=self.nudger if uses_nudger else None,
+            gamma=self.gamma if method == "nudging" else None,
+            lookahead=self.lookahead if method == "nudging" else None,
+            max_new_tokens=self.max_new_tokens, seed=self.seed, dtype=self.dtype, data=self.data.get(task),
+        )
+
+
+def expand_tasks(names: list[str]) -> list[str]:
+    chosen: list[str] = []
+    for name in names:
+        for task in (TASK_NAMES if name == "all" else [name]):
+            get_task(task)
+            if task not in chosen:
+                chosen.append(task)
+    return chosen
+
+
+def check_request(request: EvalRequest) -> None:
+    if not request.tasks:
+        raise InvalidArgumentError("give at least one --task (or --task all)")
+    for method in request.methods:
+        if method not in MODES:
+            raise InvalidArgumentError(f"--method must be one of {', '.join(MODES)}, got {method!r}")
+    if request.limit is not None and request.limit < 1:
+        raise InvalidArgumentError(f"--limit must be at least 1, got {request.limit}")
+    for task in request.data:
+        if task not in TASK_NAMES:
+            raise InvalidArgumentError(f"--data names unknown task {task!r}; tasks: {', '.join(TASK_NAMES)}")
+
+
+class LazyNudger:
+    """Loads the models on the first item that needs them, so a finished run resumes without loading."""
+
+    def __init__(self, request: EvalRequest) -> None:
+        self.request = request
+        self._nudger: Nudger | None = None
+
+    def get(self) -> Nudger:
+        if self._nudger is None:
+            methods = set(self.request.methods)
+            mode = "nudging" if "nudging" in methods or methods >= {"base", "nudger"} else methods.pop()
+            self._nudger = Nudger.from_pretrained(
+                self.request.base, self.request.nudger, gamma=self.request.gamma, lookahead=self.request.lookahead,
+                max_new_tokens=self.request.max_new_tokens, dtype=self.request.dtype, device=self.request.device,
+                mode=mode,
+            )
+        return self._nudger
+
+
+def score(task: Task, example: Example, prediction: str, judge: Judge | None) -> dict[str, Any]:
+    extracted = scoring.extract(task.kind, prediction, example.options)
+    rule_correct = scoring.is_correct(task.kind, extracted, example.gold)
+    fields: dict[str, Any] = {"extracted": extracted, "rule_correct": rule_correct, "correct": rule_correct}
+    if judge is None:
+        return fields
+    answer = scoring.answer_turn(prediction)
+    if task.kind == "open":
+        verdict = judge.rating(task.render(example), answer, task.safety)
+        fields["rating"] = verdict.rating
+    else:
+        gold = example.gold
+        if example.options:
+            gold = f"{gold}. {example.options['ABCDEFGHIJ'.index(gold)]}"
+        verdict = judge.verdict(task.render(example), answer, gold)
+        if verdict.correct is not None:
+            fields["correct"] = verdict.correct
+    fields["judge"] = {"model": judge.model, "reply": verdict.raw}
+    return fields
+
+
+def answer_row(task: Task, example: Example, method: str, nudger: Nudger, request: EvalRequest) -> dict[str, Any]:
+    question = task.render(example)
+    row: dict[str, Any] = {"id": example.id, "task": task.name, "kind": task.kind, "method": method,
+                           "prompt": question, "options": list(example.options), "gold": example.gold}
+    try:
+        result = nudger.generate(question, system=task.system, mode=method, max_new_tokens=request.max_new_tokens)
+    except PromptTooLongError as error:
+        row.update(prediction="", error=str(error), stop_reason="prompt_too_long", ended_by_itself=False,
+                   extracted=None, correct=False if task.kind != "open" else None)
+        return row
+    row.update(prediction=result.text, stop_reason=result.stop_reason,
+               ended_by_itself=result.stop_reason in ENDED_BY_ITSELF)
+    row.update(score(task, example, result.text, request.judge))
+    generation = result.to_dict()
+    row["spans"] = generation["spans"]
+    row["stats"] = generation["stats"]
+    return row
+
+
+def result_path(out: Path, settings: RunSettings) -> Path:
+    return out / f"{settings.stem}.jsonl"
+
+
+def write_settings(out: Path, settings: RunSettings, source: str, items: int) -> None:
+    meta = {**asdict(settings), "key": settings.key, "source": source, "items": items}
+    path = out / f"{settings.stem}.json"
+    partial = path.with_suffix(".json.partial")
+    partial.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    partial.replace(path)
+
+
+Progress = Callable[[str, int, int, int], None]  # (label, done, total, correct so far)
+
+
+def run(request: EvalRequest, on_progress: Progress | None = None, warn: Callable[[str], None] | None = None) -> list[Path]:
+    """Answer every item not yet answered; return the result files of this request."""
+    check_request(request)
+    warn = warn or (lambda message: print(f"nudging: warning: {message}", file=sys.stderr))
+    request.out.mkdir(parents=True, exist_ok=True)
+    nudger = LazyNudger(request)
+    paths = []
+    asked_for_all = len(request.tasks) > 1
+    for name in request.tasks:
+        task = get_task(name)
+        try:
+            examples, source = load_examples(task, request.data.get(name), request.seed)
+        except DataUnavailableError as error:
+            if not asked_for_all:
+                raise
+            warn(f"skipping {name}: {error}")
+            continue
+        if not examples:
+            warn(f"skipping {name}: its source holds no items")
+            continue
+        chosen = select(examples, request.limit, request.seed)
+        for method in request.methods:
+            settings = request.settings(name, method)
+            path = result_path(request.out, settings)
+            store.repair(path)
+            write_settings(request.out, settings, source, len(chosen))
+            finished = {row["id"]: row for row in store.read_rows(path)}
+            done = sum(1 for e in chosen if e.id in finished)
+            correct = sum(1 for e in chosen if finished.get(e.id, {}).get("correct"))
+            label = f"{name} · {method}"
+            if on_progress:
+                on_progress(label, done, len(chosen), correct)
+            for example in chosen:
+                if example.id in finished:
+                    continue
+                row = answer_row(task, example, method, nudger.get(), request)
+                store.append_row(path, row)
+                done += 1
+                correct += bool(row.get("correct"))
+                if on_progress:
+                    on_progress(label, done, len(chosen), correct)
+            paths.append(path)
+    return paths
+
+
+__all__ = ["EvalRequest", "RunSettings", "run", "expand_tasks", "NudgingError"]

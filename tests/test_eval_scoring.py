@@ -1,0 +1,206 @@
+import pytest
+
+from nudging.evals import scoring
+from nudging.evals.scoring import extract, extract_choice, extract_letters, extract_number, extract_yes_no, is_correct
+
+CSQA_OPTIONS = ("bank", "library", "department store", "store", "mall")
+
+
+@pytest.mark.parametrize(
+    "output, expected",
+    [
+        ("The answer is 18.", "18"),
+        ("The final answer is: 42", "42"),
+        ("So the answer is -5.", "-5"),
+        ("The answer is $1,000.", "1000"),
+        ("She makes $1,234.50 in total.", "1234.5"),
+        ("The answer is 1,000,000.", "1000000"),
+        ("The answer is 18.0", "18"),
+        ("The answer is 2.50 dollars", "2.5"),
+        ("I get 3.5 hours.", "3.5"),
+        ("So 3 + 4 = 7, and 7 * 2 = 14", "14"),
+        ("12 apples. The answer is 7 apples, not 12.", "7"),
+        ("The answer is twenty (20).", "20"),
+        ("The answer is 18.\nQuestion: What is 3 + 4?\nThe answer is 7.", "18"),
+        ("Answer is 5.\nQ: And 3 + 5?\n8", "5"),
+        ("5 + 6 = 11\n  question: next one, 2 + 2 = 4", "11"),
+        ("", None),
+        ("There are no numbers here.", None),
+        ("\nQuestion: 7 apples?", None),
+    ],
+)
+def test_extract_number(output, expected):
+    assert extract_number(output) == expected
+
+
+@pytest.mark.parametrize(
+    "output, expected",
+    [
+        ("The answer is B.", "B"),
+        ("The answer is (C).", "C"),
+        ("The answer is option D", "D"),
+        ("The correct answer is: (E)", "E"),
+        ("Final Answer: (C)", "C"),
+        ("So the answer is (b).", "B"),
+        ("the answer is e)", "E"),
+        ("The answer is B.\nQuestion: Where else?\nThe answer is A.", "B"),
+        ("B", "B"),
+        ("B.", "B"),
+        ("B) library", "B"),
+        ("Banks are busy, so I pick (A).", "A"),
+        ("The answer is F.", None),
+        ("(A) is wrong, I pick (B)", None),
+        ("A. bank\nB. library", None),
+        ("I think A is right", None),
+        ("", None),
+        ("The best place is a library.", "B"),
+        ("The answer is a bank.", "A"),
+        ("It is a department store.", "C"),
+        ("You find it in a store.", "D"),
+        ("Not a store: a department store.", "C"),
+        ("A bank or a library.", None),
+        ("It could be anywhere.", None),
+        ("It is a library.\nQuestion: Where is money kept?\nA bank.", "B"),
+    ],
+)
+def test_extract_choice(output, expected):
+    assert extract_choice(output, CSQA_OPTIONS) == expected
+
+
+def test_extract_choice_ignores_letters_beyond_the_options():
+    assert extract_choice("The answer is C.", ("yes", "no")) is None
+    assert extract_choice("The answer is B.", ("yes", "no")) == "B"
+
+
+@pytest.mark.parametrize(
+    "output, expected",
+    [
+        ("Yes.", "yes"),
+        ("No, because it is winter.", "no"),
+        ("So, no.", "no"),
+        ("The answer is yes.", "yes"),
+        ("The answer is: No", "no"),
+        ("Answer: yes", "yes"),
+        ('Thus the answer is "yes".', "yes"),
+        ("The answer is **No**", "no"),
+        ("Note: no one knows. The answer is yes.", "yes"),
+        ("It is not heads up anymore, but the answer is no", "no"),
+        ("So the answer is true.", "yes"),
+        ("The answer is false", "no"),
+        ("The statement is true.", "yes"),
+        ("The sentence is plausible.", "yes"),
+        ("The sentence is implausible.", "no"),
+        ("It is not plausible.", "no"),
+        ("It is implausible, not plausible", "no"),
+        ("The coin is still heads up.", "yes"),
+        ("After two flips the coin is heads up.", "yes"),
+        ("The coin is now tails up.", "no"),
+        ("The coin is not heads up.", "no"),
+        ("The coin is no longer heads up.", "no"),
+        ("Nobody flips it, so yes", "yes"),
+        ("Yes.\nQuestion: Is it? No.", "yes"),
+        ("Some say yes, some say no.", None),
+        ("Well, it depends. True or false is hard.", None),
+        ("It was tails up, then heads up again.", None),
+        ("I do not know", None),
+        ("", None),
+    ],
+)
+def test_extract_yes_no(output, expected):
+    assert extract_yes_no(output) == expected
+
+
+@pytest.mark.parametrize(
+    "output, expected",
+    [
+        ('The answer is "lyne".', "lyne"),
+        ("The answer is lyne.", "lyne"),
+        ("The answer is: **abcd**", "abcd"),
+        ("The answer is “ours”.", "ours"),
+        ('So we get "LYNE".', "lyne"),
+        ('Concatenating gives "y" + "a" = "ya"', "ya"),
+        ("e, a, s, t -> easT", "east"),
+        ('The answer is "abcd".\nQuestion: Take the last letters of "Ann Bob".\nThe answer is "nb".', "abcd"),
+        ("", None),
+        ("123", None),
+    ],
+)
+def test_extract_letters(output, expected):
+    assert extract_letters(output) == expected
+
+
+@pytest.mark.parametrize(
+    "kind, output, options, expected",
+    [
+        ("number", "The answer is 1,234.", (), "1234"),
+        ("choice", "The answer is (B).", ("cat", "dog"), "B"),
+        ("choice", "A dog.", ("cat", "dog"), "B"),
+        ("yes_no", "The coin is tails up.", (), "no"),
+        ("letters", 'The answer is "ab".', (), "ab"),
+        ("open", "The answer is 5.", (), None),
+    ],
+)
+def test_extract_dispatches_on_kind(kind, output, options, expected):
+    assert extract(kind, output, options) == expected
+
+
+@pytest.mark.parametrize(
+    "kind, extracted, gold, expected",
+    [
+        ("number", "18.0", "18", True),
+        ("number", "18", "18.0", True),
+        ("number", "1234.5", "1234.5", True),
+        ("number", "-3", "3", False),
+        ("number", "17", "18", False),
+        ("number", None, "18", False),
+        ("choice", "B", "B", True),
+        ("choice", "A", "B", False),
+        ("choice", None, "B", False),
+        ("yes_no", "no", "no", True),
+        ("yes_no", "yes", "no", False),
+        ("letters", "lyne", "lyne", True),
+        ("letters", "lyn", "lyne", False),
+        ("open", "anything", "", None),
+        ("open", None, "", None),
+    ],
+)
+def test_is_correct(kind, extracted, gold, expected):
+    assert is_correct(kind, extracted, gold) is expected
+
+
+@pytest.mark.parametrize(
+    "kind, output, gold, expected",
+    [
+        ("number", "The answer is $18.00.", "18", True),
+        ("number", "The answer is 18.\nQuestion: next?\nThe answer is 7.", "7", False),
+        ("choice", "The answer is (d).", "D", True),
+        ("yes_no", "Yes and no.", "no", False),
+        ("yes_no", "", "no", False),
+    ],
+)
+def test_extract_then_score(kind, output, gold, expected):
+    assert is_correct(kind, extract(kind, output, CSQA_OPTIONS), gold) is expected
+
+
+def test_answer_turn_cuts_at_a_new_question():
+    assert scoring.answer_turn("It is 4.\nQuestion: 2+3?\nIt is 5.") == "It is 4."
+    assert scoring.answer_turn("It is 4.\n  Q: again") == "It is 4."
+    assert scoring.answer_turn("The Question: is it 4?") == "The Question: is it 4?"
+
+
+@pytest.mark.parametrize("output", ["Answer: B", "The Answer is B.", "ANSWER: B"])
+def test_capitalised_answer_statement(output):
+    assert extract_choice(output, CSQA_OPTIONS) == "B"
+
+
+@pytest.mark.parametrize("output, expected", [("That is not true.", "no"), ("That is not false.", "yes")])
+def test_negated_true_false(output, expected):
+    assert extract_yes_no(output) == expected
+
+
+def test_a_run_of_hundreds_of_digits_is_no_number():
+    assert extract_number("The answer is " + "1" * 400) is None
+
+
+def test_choice_without_options_is_no_answer():
+    assert extract_choice("The answer is B.", ()) is None
