@@ -7,7 +7,7 @@ re-tokenized text, a run that extends its own ids, and a batch of word-boundary 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
 import torch

@@ -44,7 +44,7 @@ DEMO_MODELS = {
 
 
 def cache_dir() -> Path:
-    """Where converted models live: $NUDGING_CACHE, else ~/.cache/nudging."""
+    """Where converted models and extracted benchmark files live: $NUDGING_CACHE, else ~/.cache/nudging."""
     return Path(os.environ.get("NUDGING_CACHE") or Path.home() / ".cache" / "nudging")
 
 

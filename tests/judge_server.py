@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 answered = 0

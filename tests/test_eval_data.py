@@ -603,3 +603,26 @@ def test_shuffled_options_are_stable():
     assert sources.shuffled_options("date", 3, scores) == (options, gold)
     assert options[LETTERS.index(gold)] == "right"
     assert sorted(options) == sorted(scores)
+
+
+def test_bigbench_files_are_extracted_once_from_the_pypi_tarball(tmp_path, monkeypatch):
+    """The real first-use path: `pip download` of the bigbench sdist, three task.json files kept, nothing more."""
+    monkeypatch.setenv("NUDGING_CACHE", str(tmp_path))
+    path = sources.bigbench_task_file("date")
+    folder = tmp_path / "data" / "bigbench"
+    assert sorted(p.name for p in folder.iterdir()) == sorted(f"{n}.json" for n in sources.BIGBENCH_TASKS.values())
+    assert json.loads(path.read_text())["name"] == "date_understanding"
+
+    def no_download(*args, **kwargs):
+        raise AssertionError("the cached task files must be used")
+
+    monkeypatch.setattr(sources.subprocess, "run", no_download)
+    assert sources.bigbench_task_file("strategyqa") == folder / "strategyqa.json"
+    assert len(load_examples(get_task("sports"))[0]) == 1000
+
+
+def test_user_file_ids_must_be_unique(tmp_path):
+    path = tmp_path / "items.jsonl"
+    path.write_text('{"id": "a", "question": "1+1?", "answer": 2}\n{"id": "a", "question": "2+2?", "answer": 4}\n')
+    with pytest.raises(InvalidArgumentError, match="item 2 repeats id 'a'"):
+        load_examples(get_task("gsm8k"), str(path))

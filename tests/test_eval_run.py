@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -113,7 +112,6 @@ def test_a_killed_run_loses_nothing_and_resumes_to_the_same_answers(capsys, tiny
     killed = tmp_path / "killed"
     process = subprocess.Popen([sys.executable, "-m", "nudging.cli", *argv, "--out", str(killed)],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    first = killed / "coin_flip__base"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         files = list(killed.glob("coin_flip__base__*.jsonl"))
@@ -140,7 +138,6 @@ def test_a_killed_run_loses_nothing_and_resumes_to_the_same_answers(capsys, tiny
         want = {a["id"]: (a["prediction"], a["spans"], a["stop_reason"], a["correct"]) for a in rows(reference[name])}
         assert len(rows(resumed[name])) == 8
         assert got == want
-    del first
 
 
 def test_prompt_too_long_is_recorded_not_fatal(capsys, tiny_folders, tmp_path):

@@ -13,9 +13,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from nudging.errors import InvalidArgumentError, NudgingError, PromptTooLongError
+from nudging.errors import InvalidArgumentError, PromptTooLongError
 from nudging.evals import scoring, store
-from nudging.evals.examples import Example
+from nudging.evals.examples import LETTERS, Example
 from nudging.evals.judge import Judge
 from nudging.evals.tasks import TASK_NAMES, Task, get_task, load_examples, select
 from nudging.evals.sources import DataUnavailableError
@@ -135,7 +135,7 @@ def score(task: Task, example: Example, prediction: str, judge: Judge | None) ->
     else:
         gold = example.gold
         if example.options:
-            gold = f"{gold}. {example.options['ABCDEFGHIJ'.index(gold)]}"
+            gold = f"{gold}. {example.options[LETTERS.index(gold)]}"
         verdict = judge.verdict(task.render(example), answer, gold)
         if verdict.correct is not None:
             fields["correct"] = verdict.correct
@@ -221,5 +221,3 @@ def run(request: EvalRequest, on_progress: Progress | None = None, warn: Callabl
             paths.append(path)
     return paths
 
-
-__all__ = ["EvalRequest", "RunSettings", "run", "expand_tasks", "NudgingError"]

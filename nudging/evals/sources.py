@@ -114,7 +114,13 @@ def load_file(path: str | Path, kind: str, task: str) -> list[Example]:
         raise InvalidArgumentError(f"--data for {task}: {path} could not be read: {error}") from None
     if not isinstance(rows, list) or not all(isinstance(row, dict) for row in rows):
         raise InvalidArgumentError(f"--data for {task}: {path} must hold a list of objects (one item each)")
-    return [_from_row(row, index, kind, task, path) for index, row in enumerate(rows)]
+    examples = [_from_row(row, index, kind, task, path) for index, row in enumerate(rows)]
+    seen: set[str] = set()
+    for index, example in enumerate(examples):
+        if example.id in seen:  # results are matched to items by id when a run resumes
+            raise InvalidArgumentError(f"--data for {task}: {path.name} item {index + 1} repeats id {example.id!r}")
+        seen.add(example.id)
+    return examples
 
 
 def _from_row(row: dict[str, Any], index: int, kind: str, task: str, path: Path) -> Example:
