@@ -1,4 +1,4 @@
-"""Command line: `nudging generate`, `nudging bench`, `nudging eval`, `nudging setup`."""
+"""Command line: `nudging generate`, `bench`, `eval`, `serve` and `setup`."""
 
 from __future__ import annotations
 
@@ -72,6 +72,18 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--report", metavar="DIR", nargs="?", const=True, default=None,
                           help="only rebuild the table and chart from the result files in DIR (default: --out)")
     _model_options(evaluate, sampling=False)
+
+    serve = commands.add_parser("serve", help="serve the pair behind an OpenAI-compatible API and a chat page")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on /v1 requests")
+    serve.add_argument("--model-name", default="nudging", help="the model id clients send")
+    serve.add_argument("--mode", default="nudging", choices=MODES, help="nudging, or serve one model plainly")
+    serve.add_argument("--max-concurrency", type=int, default=1, help="generations that run at once")
+    serve.add_argument("--max-queue", type=int, default=16, help="requests that may wait; more get HTTP 429")
+    serve.add_argument("--max-tokens", type=int, default=512, help="answer budget when a request sets none")
+    serve.add_argument("--max-tokens-limit", type=int, default=4096, help="the largest max_tokens a request may ask")
+    _model_options(serve)
 
     setup = commands.add_parser("setup", help="install and convert the demo models once")
     setup.add_argument("--models", nargs="*", default=["demo-base", "demo-nudger"])
@@ -155,6 +167,19 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return cli_eval.main(args)
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from nudging.serve import server
+
+    for name in ("port", "max_concurrency", "max_tokens", "max_tokens_limit"):
+        if getattr(args, name) < 1:
+            raise NudgingError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if args.max_queue < 0:
+        raise NudgingError(f"--max-queue must be at least 0, got {args.max_queue}")
+    server.check_port_free(args.host, args.port)  # before the slow model load
+    nudger = _load(args, args.max_tokens, args.mode)
+    return server.serve(nudger, args)
+
+
 def cmd_setup(args: argparse.Namespace) -> int:
     for spec in args.models:
         folder = models.resolve(spec)
@@ -164,7 +189,9 @@ def cmd_setup(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handlers = {"generate": cmd_generate, "bench": cmd_bench, "eval": cmd_eval, "setup": cmd_setup}
+    handlers = {
+        "generate": cmd_generate, "bench": cmd_bench, "eval": cmd_eval, "serve": cmd_serve, "setup": cmd_setup,
+    }
     try:
         return handlers[args.command](args)
     except NudgingError as error:

@@ -15,7 +15,7 @@ from nudging.config import NudgingConfig
 from nudging.errors import ContextWindowFull
 from nudging.text import Source, Span, join_words, split_lookahead
 
-StopReason = Literal["nudger_eos", "repetition", "length", "eos"]
+StopReason = Literal["nudger_eos", "repetition", "length", "eos", "stop"]
 
 
 @dataclass

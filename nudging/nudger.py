@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from copy import deepcopy
 from typing import Callable, Iterator, Literal
 
 from nudging import engine, models, prompts
@@ -68,6 +69,16 @@ class Nudger:
             nudger_model = LocalModel(*models.load(nudger_source, dtype, device), name="nudger", sampling=nudger_sampling)
         return cls(base_model, nudger_model, config, system)
 
+    def replica(self) -> "Nudger":
+        """Another Nudger over the same weights with caches and tokenizers of its own, so that two requests can
+        run at once (a model's KV cache belongs to one generation at a time)."""
+        def copy(model: LocalModel | None) -> LocalModel | None:
+            if model is None:
+                return None
+            return LocalModel(model.model, deepcopy(model.tokenizer), name=model.name, sampling=model.sampling)
+
+        return Nudger(copy(self.base), copy(self.nudger), self.config, self.system)
+
     def prompts_for(self, question: str, system: str | None = None) -> tuple[str, str]:
         """(base prompt, nudger prompt) for a question, in the paper's formats."""
         system = self.system if system is None else system
@@ -119,10 +130,13 @@ class Nudger:
         lookahead: int | None = None,
         max_new_tokens: int | None = None,
         on_span: Callable[[Span], None] | None = None,
+        should_stop: Callable[[], bool] | None = None,
     ) -> GenerationResult:
         """Answer one question (or raw prompts, used exactly as given) and return text, spans, stop reason, stats.
 
-        `on_span` is called with each piece of the answer as soon as it is written (for live display).
+        `on_span` is called with each piece of the answer as soon as it is written (for live display);
+        `should_stop` is asked after each piece, and a true answer ends the generation with stop reason "stop"
+        (a stop string was written, or the client went away).
         """
         config = NudgingConfig(
             self.config.gamma if gamma is None else gamma,
@@ -136,8 +150,8 @@ class Nudger:
             question, base_prompt=base_prompt, nudger_prompt=nudger_prompt, system=system, mode=mode,
             config=config, state=state,
         )
-        if on_span is not None:
-            pieces = _tap(pieces, on_span)
+        if on_span is not None or should_stop is not None:
+            pieces = _tap(pieces, on_span, should_stop, state)
         spans = merge_spans(pieces)
         seconds = time.perf_counter() - started
         work = {name: _difference(m.counters, before[name]) for name, m in self._models().items()}
@@ -193,10 +207,20 @@ class Nudger:
         )
 
 
-def _tap(spans: Iterator[Span], callback: Callable[[Span], None]) -> Iterator[Span]:
+def _tap(
+    spans: Iterator[Span],
+    callback: Callable[[Span], None] | None,
+    should_stop: Callable[[], bool] | None,
+    state: engine.EngineState,
+) -> Iterator[Span]:
     for span in spans:
-        callback(span)
+        if callback is not None:
+            callback(span)
         yield span
+        if should_stop is not None and should_stop():
+            state.stop_reason = "stop"
+            spans.close()
+            return
 
 
 def _check_mode(mode: str) -> None:

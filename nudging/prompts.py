@@ -14,26 +14,49 @@ def base_prompt(question: str, system: str | None = None, answer_prefix: str = D
 
 
 def chat_prompt(tokenizer: Any, question: str, system: str | None = None) -> str:
-    """The question in the tokenizer's chat template, ready for the assistant's answer.
+    """The question in the tokenizer's chat template, ready for the assistant's answer (see chat_prompt_for)."""
+    messages = [{"role": "system", "content": system}] if system else []
+    return chat_prompt_for(tokenizer, messages + [{"role": "user", "content": question}])
 
-    A system text goes into a system turn, or is folded into the user turn where the template has no system
-    role. A BOS string the template writes is dropped when the tokenizer adds BOS itself, so a run's canonical
-    tokenization does not start with two. Without a chat template the plain base format is used.
+
+def base_prompt_for(messages: list[dict[str, str]]) -> str:
+    """A conversation as plain text for a base model: the system line, then each user turn followed by
+    'Answer:' and the assistant's reply; a one-question conversation gives exactly `base_prompt`."""
+    system = "\n".join(m["content"] for m in messages if m["role"] == "system")
+    turns = []
+    for message in messages:
+        if message["role"] == "user":
+            turns.append(message["content"] + "\n" + DEFAULT_ANSWER_PREFIX)
+        elif message["role"] == "assistant":
+            turns.append(message["content"] + "\n\n")
+    return (system + "\n" if system else "") + "".join(turns)
+
+
+def chat_prompt_for(tokenizer: Any, messages: list[dict[str, str]]) -> str:
+    """A conversation in the tokenizer's chat template, ready for the assistant's answer.
+
+    A system text goes into a system turn, or is folded into the first user turn where the template has no
+    system role. A BOS string the template writes is dropped when the tokenizer adds BOS itself, so a run's
+    canonical tokenization does not start with two. Without a chat template the plain base format is used.
     """
     if not getattr(tokenizer, "chat_template", None):
-        return base_prompt(question, system)
-    messages = [{"role": "user", "content": question}]
-    if system:
-        try:
-            text = _render(tokenizer, [{"role": "system", "content": system}] + messages)
-        except Exception:  # templates without a system role raise (e.g. "System role not supported")
-            text = _render(tokenizer, [{"role": "user", "content": f"{system}\n\n{question}"}])
-    else:
+        return base_prompt_for(messages)
+    try:
         text = _render(tokenizer, messages)
+    except Exception:  # templates without a system role raise (e.g. "System role not supported")
+        text = _render(tokenizer, _fold_system(messages))
     bos = getattr(tokenizer, "bos_token", None)
     if bos and text.startswith(bos) and _tokenizer_adds_bos(tokenizer):
         text = text[len(bos) :]
     return text
+
+
+def _fold_system(messages: list[dict[str, str]]) -> list[dict[str, str]]:
+    system = "\n".join(m["content"] for m in messages if m["role"] == "system")
+    rest = [dict(m) for m in messages if m["role"] != "system"]
+    if system and rest:
+        rest[0]["content"] = f"{system}\n\n{rest[0]['content']}"
+    return rest
 
 
 def _render(tokenizer: Any, messages: list[dict[str, str]]) -> str:

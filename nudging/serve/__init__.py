@@ -1,0 +1,1 @@
+"""`nudging serve`: a nudged model pair behind an OpenAI-compatible HTTP API."""

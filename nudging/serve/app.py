@@ -1,0 +1,258 @@
+"""The HTTP routes: OpenAI's /v1/models, /v1/completions and /v1/chat/completions, /health, and a chat page."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any, AsyncIterator
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+
+from nudging import prompts
+from nudging.config import SamplingConfig
+from nudging.errors import NudgingError, PromptTooLongError
+from nudging.serve.protocol import (
+    APIError,
+    ChatCompletionRequest,
+    CompletionRequest,
+    new_id,
+    now,
+    validation_error,
+)
+from nudging.serve.logprobs import score_completion
+from nudging.serve.service import Finished, Job, Service
+from nudging.text import Span
+
+
+@dataclass
+class ServerSettings:
+    model_name: str = "nudging"
+    api_key: str | None = None
+    max_tokens: int = 512  # the default answer budget
+    max_tokens_limit: int = 4096  # the most a request may ask for
+    max_body_bytes: int = 1_000_000
+
+
+def create_app(service: Service, settings: ServerSettings) -> FastAPI:
+    app = FastAPI(title="nudging", docs_url=None, redoc_url=None)
+
+    @app.exception_handler(APIError)
+    async def api_error(request: Request, error: APIError) -> JSONResponse:
+        return JSONResponse(error.body, status_code=error.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, error: RequestValidationError) -> JSONResponse:
+        errors = error.errors()
+        if any(e.get("type") == "json_invalid" for e in errors):
+            problem = APIError(400, "the request body is not valid JSON", code="invalid_json")
+        else:
+            problem = validation_error(list(errors))
+        return JSONResponse(problem.body, status_code=problem.status)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, error: Exception) -> JSONResponse:
+        problem = APIError(500, f"internal error: {type(error).__name__}: {error}", "server_error")
+        return JSONResponse(problem.body, status_code=500)
+
+    @app.middleware("http")
+    async def guard(request: Request, call_next):
+        if request.url.path.startswith("/v1/"):
+            try:
+                _check_key(request, settings.api_key)
+                length = int(request.headers.get("content-length") or 0)
+                if length > settings.max_body_bytes:
+                    raise APIError(413, f"request body of {length} bytes is over the limit of "
+                                        f"{settings.max_body_bytes}", code="body_too_large")
+            except APIError as error:
+                return JSONResponse(error.body, status_code=error.status)
+        return await call_next(request)
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        return {"status": "ok", "model": settings.model_name, "mode": service.mode, "running": service.running,
+                "waiting": service.admitted - service.running, "stopped_by_disconnect": service.client_gone}
+
+    @app.get("/", response_class=HTMLResponse)
+    async def page() -> str:
+        return resources.files("nudging.serve").joinpath("page.html").read_text(encoding="utf-8")
+
+    @app.get("/v1/models")
+    async def list_models() -> dict[str, Any]:
+        return {"object": "list", "data": [
+            {"id": settings.model_name, "object": "model", "created": now(), "owned_by": "nudging"}]}
+
+    @app.post("/v1/completions")
+    async def completions(body: CompletionRequest, request: Request):
+        _check_model(body.model, settings)
+        job = _job(service, body, settings, body.prompt, body.prompt)
+        if body.echo or body.logprobs is not None:
+            return await _scored(service, job, body, settings)
+        return await _respond(service, job, body, request, settings, chat=False)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(body: ChatCompletionRequest, request: Request):
+        _check_model(body.model, settings)
+        messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text} for m in body.messages]
+        model = service.template.nudger or service.template.base
+        nudger_prompt = prompts.chat_prompt_for(model.tokenizer, messages) if service.template.nudger else ""
+        job = _job(service, body, settings, prompts.base_prompt_for(messages), nudger_prompt,
+                   body.max_completion_tokens)
+        return await _respond(service, job, body, request, settings, chat=True)
+
+    return app
+
+
+def _check_key(request: Request, api_key: str | None) -> None:
+    if api_key is None:
+        return
+    header = request.headers.get("authorization", "")
+    given = header[7:] if header.lower().startswith("bearer ") else ""
+    if not hmac.compare_digest(given.encode(), api_key.encode()):
+        raise APIError(401, "missing or wrong API key (send Authorization: Bearer KEY)", "authentication_error",
+                       code="invalid_api_key")
+
+
+def _check_model(model: str | None, settings: ServerSettings) -> None:
+    if model is not None and model != settings.model_name:
+        raise APIError(404, f"the model {model!r} does not exist; this server serves {settings.model_name!r}",
+                       param="model", code="model_not_found")
+
+
+def _job(service: Service, body, settings: ServerSettings, base_prompt: str, nudger_prompt: str,
+         max_tokens: int | None = None) -> Job:
+    budget = max_tokens or body.max_tokens or settings.max_tokens
+    if budget > settings.max_tokens_limit:
+        raise APIError(422, f"max_tokens may be at most {settings.max_tokens_limit}, got {budget}",
+                       param="max_tokens", code="invalid_value")
+    mode = service.mode if body.nudging else "base"
+    if mode == "base" and service.template.base is None:
+        raise APIError(422, "this server has no base model to run without nudging", param="nudging")
+    try:
+        if mode in ("nudging", "base"):
+            service.template.base.check_prompt_fits(base_prompt, "the base prompt")
+        if mode in ("nudging", "nudger"):
+            service.template.nudger.check_prompt_fits(nudger_prompt, "the nudger prompt")
+    except PromptTooLongError as error:
+        raise APIError(400, str(error), param="messages", code="context_length_exceeded") from None
+    sampling = SamplingConfig(body.temperature, body.top_p, body.seed)
+    return Job(base_prompt, nudger_prompt, mode, budget, body.gamma, body.lookahead, sampling, body.stop)
+
+
+async def _respond(service: Service, job: Job, body, request: Request, settings: ServerSettings, chat: bool):
+    pieces = service.generate(job)
+    created, response_id = now(), new_id("chatcmpl" if chat else "cmpl")
+    frame = {"id": response_id, "created": created, "model": settings.model_name}
+    if body.stream:
+        first = await _first(pieces)  # errors before the first piece still get a status code
+        return StreamingResponse(_events(first, pieces, frame, chat, body.include_usage, service, job),
+                                 media_type="text/event-stream")
+    finished = await _collect(pieces, request)
+    usage = _usage(service, job, finished)
+    if chat:
+        choice = {"index": 0, "message": {"role": "assistant", "content": finished.text},
+                  "finish_reason": finished.finish_reason, "logprobs": None}
+        payload = {**frame, "object": "chat.completion", "choices": [choice]}
+    else:
+        choice = {"index": 0, "text": finished.text, "finish_reason": finished.finish_reason, "logprobs": None}
+        payload = {**frame, "object": "text_completion", "choices": [choice]}
+    return JSONResponse({**payload, "usage": usage, "nudging": finished.nudging_info()})
+
+
+async def _scored(service: Service, job: Job, body: CompletionRequest, settings: ServerSettings) -> JSONResponse:
+    """A completion with top-1 logprobs (and the prompt's, with echo): one model, not streamed."""
+    if job.mode == "nudging":
+        raise APIError(422, "logprobs and echo come from one model: serve with --mode base|nudger, or send "
+                            "nudging: false", param="logprobs", code="unsupported_parameter")
+    if body.stream:
+        raise APIError(422, "logprobs and echo are not streamed; send stream: false", param="stream",
+                       code="unsupported_parameter")
+
+    def work(replica):
+        model = replica.base if job.mode == "base" else replica.nudger
+        model.sampling = job.sampling
+        model.reset_sampling()
+        return len(model.tokenize(job.base_prompt)), score_completion(
+            model, job.base_prompt, job.max_tokens, body.echo, job.stops)
+
+    prompt_tokens, scored = await service.call(work)
+    choice = {"index": 0, "text": scored.text, "finish_reason": scored.finish_reason,
+              "logprobs": scored.to_openai() if body.logprobs is not None else None}
+    return JSONResponse({
+        "id": new_id("cmpl"), "object": "text_completion", "created": now(), "model": settings.model_name,
+        "choices": [choice],
+        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": scored.completion_tokens,
+                  "total_tokens": prompt_tokens + scored.completion_tokens},
+    })
+
+
+async def _first(pieces: AsyncIterator[Span | Finished]) -> Span | Finished:
+    try:
+        return await pieces.__anext__()
+    except NudgingError as error:
+        raise APIError(400, str(error)) from None
+
+
+async def _collect(pieces: AsyncIterator[Span | Finished], request: Request) -> Finished:
+    """Run to the end, but stop the generation if the client disconnects while waiting."""
+    async def drain() -> Finished:
+        async for item in pieces:
+            if isinstance(item, Finished):
+                return item
+        raise RuntimeError("generation ended without a result")
+
+    task = asyncio.ensure_future(drain())
+    try:
+        while not task.done():
+            await asyncio.wait({task}, timeout=0.25)
+            if not task.done() and await request.is_disconnected():
+                task.cancel()
+                await pieces.aclose()
+                raise APIError(499, "client closed the request", code="client_closed")
+        return task.result()
+    except NudgingError as error:
+        raise APIError(400, str(error)) from None
+
+
+async def _events(first, pieces, frame, chat: bool, include_usage: bool, service: Service, job: Job):
+    """Server-sent events in OpenAI's chunk format; an error after the stream has begun is one data event."""
+    object_name = "chat.completion.chunk" if chat else "text_completion"
+
+    def chunk(text: str | None, finish: str | None, extra: dict[str, Any]) -> str:
+        if chat:
+            delta = {} if text is None else {"role": "assistant", "content": text}
+            choice = {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}
+        else:
+            choice = {"index": 0, "text": text or "", "finish_reason": finish, "logprobs": None}
+        return "data: " + json.dumps({**frame, "object": object_name, "choices": [choice], **extra}) + "\n\n"
+
+    try:
+        item = first
+        while True:
+            if isinstance(item, Finished):
+                yield chunk(None if chat else "", item.finish_reason, {"nudging": item.nudging_info()})
+                if include_usage:
+                    usage = {**frame, "object": object_name, "choices": [], "usage": _usage(service, job, item)}
+                    yield "data: " + json.dumps(usage) + "\n\n"
+                break
+            yield chunk(item.text, None, {"nudging": {"source": item.source}})
+            item = await pieces.__anext__()
+    except Exception as error:  # the status line is gone: report in the stream
+        problem = APIError(500, f"{type(error).__name__}: {error}", "server_error")
+        yield "data: " + json.dumps(problem.body) + "\n\n"
+    finally:
+        await pieces.aclose()  # a client that went away stops its generation here
+    yield "data: [DONE]\n\n"
+
+
+def _usage(service: Service, job: Job, finished: Finished) -> dict[str, int]:
+    model = service.template.nudger if job.mode == "nudger" else service.template.base
+    prompt = job.nudger_prompt if job.mode == "nudger" else job.base_prompt
+    prompt_tokens = len(model.tokenize(prompt))
+    completion_tokens = model.count_tokens(finished.text)
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens}

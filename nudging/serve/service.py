@@ -1,0 +1,212 @@
+"""Generations for the HTTP layer: a pool of replicas over one set of weights, a bounded wait, stop strings,
+and generations that end when their client goes away.
+
+Each replica runs one request at a time in a worker thread; its pieces reach the event loop through a queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from dataclasses import dataclass, field
+from typing import AsyncIterator, Callable, TypeVar
+
+from nudging.config import SamplingConfig
+from nudging.nudger import Nudger
+from nudging.result import GenerationResult
+from nudging.serve.protocol import APIError
+from nudging.text import Span, count_words, merge_spans
+
+T = TypeVar("T")
+
+
+@dataclass
+class Job:
+    base_prompt: str
+    nudger_prompt: str
+    mode: str  # nudging, base, nudger
+    max_tokens: int
+    gamma: float | None = None
+    lookahead: int | None = None
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    stops: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Finished:
+    """The end of a generation as the client sees it (text cut at a stop string, if one was written)."""
+
+    spans: list[Span]
+    finish_reason: str  # stop or length
+    stop_reason: str  # the engine's, or "stop_string"
+    result: GenerationResult
+
+    @property
+    def text(self) -> str:
+        return "".join(span.text for span in self.spans)
+
+    def nudging_info(self) -> dict:
+        nudged, total = count_words(self.spans)
+        stats = self.result.to_dict()["stats"]
+        stats.update(nudged_words=nudged, total_words=total, nudged_word_fraction=nudged / total if total else 0.0)
+        return {"spans": [span.to_dict() for span in self.spans], "stop_reason": self.stop_reason, "stats": stats}
+
+
+class StopScanner:
+    """Passes text on as soon as it cannot be the start of a stop string, and cuts at the first stop string."""
+
+    def __init__(self, stops: list[str]) -> None:
+        self.stops = stops
+        self.hold = max((len(s) for s in stops), default=1) - 1
+        self.text = ""
+        self.sources: list[tuple[int, str]] = []  # (end offset, source) of each piece
+        self.sent = 0
+        self.stopped = False
+
+    def feed(self, span: Span) -> list[Span]:
+        self.text += span.text
+        self.sources.append((len(self.text), span.source))
+        cut = self._first_stop()
+        if cut is not None:
+            self.stopped = True
+            return self._release(cut)
+        return self._release(max(self.sent, len(self.text) - self.hold))
+
+    def flush(self) -> list[Span]:
+        return [] if self.stopped else self._release(len(self.text))
+
+    def _first_stop(self) -> int | None:
+        start = max(0, self.sent - self.hold)
+        found = [i for i in (self.text.find(s, start) for s in self.stops) if i >= 0]
+        return min(found) if found else None
+
+    def _release(self, end: int) -> list[Span]:
+        pieces = []
+        start = self.sent
+        for piece_end, source in self.sources:
+            if piece_end <= start:
+                continue
+            stop = min(piece_end, end)
+            if stop > start:
+                pieces.append(Span(self.text[start:stop], source))
+                start = stop
+            if start >= end:
+                break
+        self.sent = max(self.sent, end)
+        return pieces
+
+
+class Service:
+    """`replicas` generations run at once; up to `queue` more wait for a free replica; beyond that: 429."""
+
+    def __init__(self, nudger: Nudger, mode: str, replicas: int = 1, queue: int = 16) -> None:
+        self.mode = mode
+        self.template = nudger  # used by the event loop only (prompt checks, token counts); generations use replicas
+        self._free: asyncio.Queue[Nudger] | None = None
+        self._replicas = [nudger.replica() for _ in range(replicas)]
+        self.capacity = replicas + queue
+        self.admitted = 0  # running or waiting
+        self.running = 0
+        self.client_gone = 0  # generations stopped because their client went away
+
+    def _pool(self) -> asyncio.Queue[Nudger]:
+        if self._free is None:  # made inside the server's event loop
+            self._free = asyncio.Queue()
+            for replica in self._replicas:
+                self._free.put_nowait(replica)
+        return self._free
+
+    async def generate(self, job: Job) -> AsyncIterator[Span | Finished]:
+        """Yield the pieces a client may see, then one Finished. Closing the iterator stops the generation."""
+        replica = await self._acquire()
+        loop = asyncio.get_running_loop()
+        pieces: asyncio.Queue = asyncio.Queue()
+        cancelled = threading.Event()
+        finished = False
+        scanner = StopScanner(job.stops)
+
+        def put(item) -> None:
+            loop.call_soon_threadsafe(pieces.put_nowait, item)
+
+        def work() -> None:
+            try:
+                for model in (replica.base, replica.nudger):
+                    if model is not None:
+                        model.sampling = job.sampling
+                result = replica.generate(
+                    base_prompt=job.base_prompt, nudger_prompt=job.nudger_prompt, mode=job.mode,
+                    gamma=job.gamma, lookahead=job.lookahead, max_new_tokens=job.max_tokens, on_span=put,
+                    should_stop=cancelled.is_set,
+                )
+                put(result)
+            except BaseException as error:  # handed to the request that asked, never lost in the thread
+                put(error)
+            finally:
+                loop.call_soon_threadsafe(self._release, replica)
+
+        threading.Thread(target=work, name="nudging-generation", daemon=True).start()
+        try:
+            while True:
+                item = await pieces.get()
+                if isinstance(item, Span):
+                    for piece in scanner.feed(item):
+                        yield piece
+                    if scanner.stopped:
+                        cancelled.set()
+                elif isinstance(item, GenerationResult):
+                    for piece in scanner.flush():
+                        yield piece
+                    spans = merge_spans(_cut(item.spans, len(scanner.text) if not scanner.stopped else scanner.sent))
+                    finished = True
+                    yield _finished(spans, item, scanner.stopped)
+                    return
+                else:
+                    finished = True
+                    raise item
+        finally:
+            if not finished and not cancelled.is_set():
+                self.client_gone += 1
+            cancelled.set()
+
+    async def call(self, work: Callable[[Nudger], T]) -> T:
+        """Run `work(replica)` in a worker thread (for requests that are not streamed piece by piece)."""
+        replica = await self._acquire()
+        try:
+            return await asyncio.to_thread(work, replica)
+        finally:
+            self._release(replica)
+
+    async def _acquire(self) -> Nudger:
+        if self.admitted >= self.capacity:
+            raise APIError(429, "the server is at its concurrency limit; retry later", "rate_limit_error",
+                           code="too_many_requests")
+        self.admitted += 1
+        try:
+            replica = await self._pool().get()
+        except BaseException:
+            self.admitted -= 1
+            raise
+        self.running += 1
+        return replica
+
+    def _release(self, replica: Nudger) -> None:
+        self.admitted -= 1
+        self.running -= 1
+        self._pool().put_nowait(replica)
+
+
+def _cut(spans: list[Span], length: int) -> list[Span]:
+    kept, used = [], 0
+    for span in spans:
+        if used >= length:
+            break
+        kept.append(Span(span.text[: length - used], span.source))
+        used += len(kept[-1].text)
+    return kept
+
+
+def _finished(spans: list[Span], result: GenerationResult, stopped_by_string: bool) -> Finished:
+    if stopped_by_string:
+        return Finished(spans, "stop", "stop_string", result)
+    finish = "length" if result.stop_reason == "length" else "stop"
+    return Finished(spans, finish, result.stop_reason, result)

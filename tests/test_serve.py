@@ -1,0 +1,246 @@
+"""`nudging serve` as a real server process on tiny models, spoken to with the official openai client."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+import torch
+
+from nudging import LocalModel, Nudger, models, prompts
+from servers import start_server
+
+KEY = "test-key"
+
+
+@pytest.fixture(scope="module")
+def server(tiny_folders):
+    process, url = start_server(tiny_folders["base"], tiny_folders["nudger"], "--api-key", KEY, "--max-concurrency", "2", "--max-queue", "2")
+    yield url
+    process.terminate()
+    process.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return openai.OpenAI(base_url=server + "/v1", api_key=KEY, max_retries=0, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def local(tiny_folders):
+    """The same pair in this process, to check the server's answers against the Python API."""
+    base = LocalModel(*models.load(tiny_folders["base"], "auto", "cpu"), name="base")
+    nudger = LocalModel(*models.load(tiny_folders["nudger"], "auto", "cpu"), name="nudger")
+    return Nudger(base, nudger)
+
+
+def health(server: str) -> dict:
+    return httpx.get(server + "/health", timeout=10).json()
+
+
+def test_models_and_health(client, server):
+    assert [m.id for m in client.models.list().data] == ["nudging"]
+    assert health(server)["status"] == "ok"
+
+
+def test_chat_matches_the_python_api(client, local):
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "The cat reads"}]
+    response = client.chat.completions.create(model="nudging", messages=messages, max_tokens=40,
+                                              extra_body={"gamma": 0.4})
+    expected = local.generate(base_prompt=prompts.base_prompt_for(messages),
+                              nudger_prompt=prompts.chat_prompt_for(local.nudger.tokenizer, messages),
+                              gamma=0.4, max_new_tokens=40)
+    assert response.choices[0].message.content == expected.text
+    assert response.choices[0].finish_reason == ("length" if expected.stop_reason == "length" else "stop")
+    info = response.model_extra["nudging"]
+    assert [(s["text"], s["source"]) for s in info["spans"]] == [(s.text, s.source) for s in expected.spans]
+    assert info["stop_reason"] == expected.stop_reason
+    assert response.usage.completion_tokens == local.base.count_tokens(expected.text)
+    assert response.usage.prompt_tokens == len(local.base.tokenize(prompts.base_prompt_for(messages)))
+
+
+def test_completion_and_base_only(client, local):
+    response = client.completions.create(model="nudging", prompt="The dog sees", max_tokens=24)
+    expected = local.generate(base_prompt="The dog sees", nudger_prompt="The dog sees", max_new_tokens=24)
+    assert response.choices[0].text == expected.text
+    plain = client.completions.create(model="nudging", prompt="The dog sees", max_tokens=24,
+                                      extra_body={"nudging": False})
+    assert {s["source"] for s in plain.model_extra["nudging"]["spans"]} <= {"base"}
+    alone = local.generate(base_prompt="The dog sees", nudger_prompt="", mode="base", max_new_tokens=24)
+    assert plain.choices[0].text == alone.text
+
+
+@pytest.mark.parametrize("chat", [True, False])
+def test_streaming_gives_the_same_text_and_ends_with_stats(client, chat):
+    kwargs = {"model": "nudging", "max_tokens": 30, "stream_options": {"include_usage": True}}
+    if chat:
+        whole = client.chat.completions.create(messages=[{"role": "user", "content": "A bird"}], **kwargs)
+        stream = client.chat.completions.create(messages=[{"role": "user", "content": "A bird"}], stream=True, **kwargs)
+    else:
+        whole = client.completions.create(prompt="A bird", **kwargs)
+        stream = client.completions.create(prompt="A bird", stream=True, **kwargs)
+    chunks = list(stream)
+    pieces = [(c.choices[0].delta.content if chat else c.choices[0].text) for c in chunks if c.choices]
+    text = "".join(p for p in pieces if p)
+    assert text == (whole.choices[0].message.content if chat else whole.choices[0].text)
+    sources = [c.model_extra["nudging"]["source"] for c in chunks if c.choices and c.choices[0].finish_reason is None]
+    assert set(sources) <= {"base", "nudger"} and sources
+    last = [c for c in chunks if c.choices][-1]
+    assert last.choices[0].finish_reason in ("stop", "length")
+    assert last.model_extra["nudging"]["stats"]["total_words"] >= 1
+    assert chunks[-1].usage.total_tokens == whole.usage.total_tokens
+
+
+def test_stop_string_cuts_the_answer(client):
+    full = client.completions.create(model="nudging", prompt="The cat reads", max_tokens=40,
+                                     extra_body={"nudging": False}).choices[0].text
+    assert len(full) > 6
+    stop = full[3:6]
+    cut = full[: full.index(stop)]
+    for stream in (False, True):
+        response = client.completions.create(model="nudging", prompt="The cat reads", max_tokens=40, stop=[stop],
+                                             stream=stream, extra_body={"nudging": False})
+        if stream:
+            chunks = list(response)
+            assert "".join(c.choices[0].text for c in chunks if c.choices) == cut
+            assert chunks[-1].choices[0].finish_reason == "stop"
+        else:
+            assert response.choices[0].text == cut and response.choices[0].finish_reason == "stop"
+
+
+def test_wrong_or_missing_key_is_401(server):
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=server + "/v1", api_key="wrong", max_retries=0).models.list()
+    response = httpx.get(server + "/v1/models")
+    assert response.status_code == 401 and response.json()["error"]["code"] == "invalid_api_key"
+
+
+@pytest.mark.parametrize("body, status, code", [
+    ('{"prompt": "x", "gamma": 2}', 422, "invalid_value"),
+    ('{"prompt": "x", "max_tokens": 0}', 422, "invalid_value"),
+    ('{"prompt": "x", "max_tokens": 5000}', 422, "invalid_value"),
+    ('{"prompt": ["a", "b"]}', 422, "invalid_value"),
+    ('{"prompt": "x", "n": 2}', 422, "invalid_value"),
+    ('{"max_tokens": 3}', 422, "invalid_value"),
+    ('{"prompt": "x", "model": "gpt-9"}', 404, "model_not_found"),
+    ('{"prompt": "x", "logprobs": 1}', 422, "unsupported_parameter"),
+    ('{"prompt": "x", "logprobs": 3}', 422, "invalid_value"),
+    ('{"prompt": "x", "echo": true, "nudging": false, "stream": true}', 422, "unsupported_parameter"),
+    ('{"prompt": ', 400, "invalid_json"),
+    ('{"prompt": "' + "word " * 2000 + '"}', 400, "context_length_exceeded"),
+])
+def test_bad_requests_get_openai_style_errors(server, body, status, code):
+    response = httpx.post(server + "/v1/completions", content=body,
+                          headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}, timeout=60)
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert error["code"] == code and error["message"] and error["type"]
+    assert health(server)["status"] == "ok"
+
+
+def test_chat_errors(server):
+    headers = {"Authorization": f"Bearer {KEY}"}
+    last_not_user = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}
+    response = httpx.post(server + "/v1/chat/completions", json=last_not_user, headers=headers, timeout=30)
+    assert response.status_code == 422 and "last message" in response.json()["error"]["message"]
+    big = httpx.post(server + "/v1/chat/completions", content=b"x" * 1_100_000,
+                     headers={**headers, "Content-Type": "application/json"}, timeout=30)
+    assert big.status_code == 413
+
+
+def test_a_client_that_leaves_mid_stream_stops_its_generation(server):
+    before = health(server)["stopped_by_disconnect"]
+    body = {"prompt": "The cat reads", "max_tokens": 2000, "stream": True, "nudging": False, "stop": None}
+    with httpx.stream("POST", server + "/v1/completions", json=body, headers={"Authorization": f"Bearer {KEY}"},
+                      timeout=60) as response:
+        lines = response.iter_lines()
+        assert next(lines).startswith("data: ")
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and health(server)["stopped_by_disconnect"] == before:
+        time.sleep(0.1)
+    state = health(server)
+    assert state["stopped_by_disconnect"] == before + 1
+    assert state["running"] == 0
+
+
+def test_requests_over_the_limit_get_429_and_the_rest_finish(server):
+    """2 run at once and 2 may wait: of 10 simultaneous long requests, some are refused, none is lost."""
+    outcomes: list[int] = []
+
+    def ask() -> None:
+        body = {"prompt": "The cat reads", "max_tokens": 600, "nudging": False}
+        response = httpx.post(server + "/v1/completions", json=body, headers={"Authorization": f"Bearer {KEY}"},
+                              timeout=300)
+        outcomes.append(response.status_code)
+        if response.status_code == 200:
+            assert response.json()["choices"][0]["finish_reason"] in ("stop", "length")
+
+    threads = [threading.Thread(target=ask) for _ in range(10)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(outcomes) == 10 and set(outcomes) <= {200, 429}
+    assert outcomes.count(429) >= 1 and 1 <= outcomes.count(200) <= 10
+    assert health(server)["running"] == 0
+
+
+def test_chat_page_is_served(server):
+    page = httpx.get(server + "/", timeout=10)
+    assert page.status_code == 200 and "/v1/chat/completions" in page.text and "nudger" in page.text
+
+
+def test_port_in_use_is_a_clear_error(tiny_folders, server):
+    port = server.rsplit(":", 1)[1]
+    done = subprocess.run([sys.executable, "-m", "nudging.cli", "serve", "--base", tiny_folders["base"], "--port", port],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "choose another --port" in done.stderr
+
+
+def test_completion_json_shape(server):
+    response = httpx.post(server + "/v1/completions", json={"prompt": "Hi", "max_tokens": 5},
+                          headers={"Authorization": f"Bearer {KEY}"}, timeout=30).json()
+    assert response["object"] == "text_completion" and response["id"].startswith("cmpl-")
+    assert set(response["usage"]) == {"prompt_tokens", "completion_tokens", "total_tokens"}
+    json.dumps(response["nudging"])
+
+
+def test_logprobs_and_echo_from_a_single_model_server(tiny_folders, local):
+    process, url = start_server(tiny_folders["base"], tiny_folders["nudger"], "--mode", "base")
+    try:
+        client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
+        prompt = "The cat reads"
+        scored = client.completions.create(model="nudging", prompt=prompt, max_tokens=8, logprobs=1, echo=True)
+        plain = client.completions.create(model="nudging", prompt=prompt, max_tokens=8)
+        only_new = client.completions.create(model="nudging", prompt=prompt, max_tokens=8, logprobs=1)
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+    logprobs = scored.choices[0].logprobs
+    assert scored.choices[0].text == prompt + plain.choices[0].text == "".join(logprobs.tokens)
+    assert only_new.choices[0].text == plain.choices[0].text == "".join(only_new.choices[0].logprobs.tokens)
+    ids = local.base.tokenize(prompt)
+    with torch.inference_mode():
+        reference = torch.log_softmax(local.base.model(torch.tensor([ids])).logits[0].float(), dim=-1)
+    assert logprobs.token_logprobs[0] is None and len(logprobs.tokens) == len(ids) + 8
+    for position in range(1, len(ids)):
+        assert logprobs.token_logprobs[position] == pytest.approx(float(reference[position - 1, ids[position]]), abs=1e-4)
+    for position in range(len(ids), len(logprobs.tokens)):  # greedy: the written token is the top-1
+        assert logprobs.token_logprobs[position] == pytest.approx(max(logprobs.top_logprobs[position].values()))
+    assert logprobs.text_offset == sorted(logprobs.text_offset) and logprobs.text_offset[0] == 0
+    assert only_new.choices[0].logprobs.token_logprobs == logprobs.token_logprobs[len(ids):]
+
+
+def test_load_test_script_passes_on_a_small_load():
+    done = subprocess.run([sys.executable, "scripts/load_test.py", "--requests", "24", "--clients", "6",
+                           "--max-concurrency", "2", "--max-tokens", "16"],
+                          capture_output=True, text=True, timeout=600, cwd=Path(__file__).parent.parent)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "finished 24" in done.stdout and "wrong answers 0" in done.stdout and done.stdout.rstrip().endswith("PASS")
