@@ -17,13 +17,16 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def start_server(base: str, nudger: str, *extra: str, wait_s: float = 180) -> tuple[subprocess.Popen, str]:
-    """A `nudging serve` process on a free loopback port, once /health answers; returns (process, base url)."""
+def start_server(base: str | None, nudger: str | None, *extra: str, wait_s: float = 180) -> tuple[subprocess.Popen, str]:
+    """A `nudging serve` process on a free loopback port, once /health answers; returns (process, base url).
+
+    base/nudger None: the demo pair."""
     port = free_port()
     log = tempfile.TemporaryFile(mode="w+")  # a pipe nobody reads could fill up and block the server
+    models = (["--base", base] if base else []) + (["--nudger", nudger] if nudger else [])
     process = subprocess.Popen(
-        [sys.executable, "-m", "nudging.cli", "serve", "--base", base, "--nudger", nudger, "--port", str(port),
-         "--max-tokens-limit", "2000", *extra],
+        [sys.executable, "-m", "nudging.cli", "serve", *models, "--port", str(port), "--max-tokens-limit", "2000",
+         *extra],
         stdout=subprocess.DEVNULL, stderr=log, text=True,
     )
     url = f"http://127.0.0.1:{port}"

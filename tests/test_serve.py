@@ -244,3 +244,17 @@ def test_load_test_script_passes_on_a_small_load():
                           capture_output=True, text=True, timeout=600, cwd=Path(__file__).parent.parent)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "finished 24" in done.stdout and "wrong answers 0" in done.stdout and done.stdout.rstrip().endswith("PASS")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--max-concurrency", "0"], "--max-concurrency must be at least 1"),
+    (["--max-queue", "-1"], "--max-queue must be at least 0"),
+    (["--port", "0"], "--port must be at least 1"),
+    (["--max-tokens", "0"], "--max-tokens must be at least 1"),
+])
+def test_bad_serve_options_are_one_clear_line(capsys, argv, message):
+    from nudging.cli import main
+
+    assert main(["serve", *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("nudging: error: ") and message in err
