@@ -83,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-queue", type=int, default=16, help="requests that may wait; more get HTTP 429")
     serve.add_argument("--max-tokens", type=int, default=512, help="answer budget when a request sets none")
     serve.add_argument("--max-tokens-limit", type=int, default=4096, help="the largest max_tokens a request may ask")
-    _model_options(serve)
+    _model_options(serve, sampling=False)  # sampling and the system text come with each request
 
     setup = commands.add_parser("setup", help="install and convert the demo models once")
     setup.add_argument("--models", nargs="*", default=["demo-base", "demo-nudger"])
@@ -91,6 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _sampling(args: argparse.Namespace) -> tuple[SamplingConfig, SamplingConfig]:
+    if not hasattr(args, "base_temperature"):  # commands without sampling options decode greedily
+        return SamplingConfig(), SamplingConfig()
     return (
         SamplingConfig(args.base_temperature, args.top_p, args.seed),
         SamplingConfig(args.nudger_temperature, args.top_p, args.seed),
@@ -101,7 +103,7 @@ def _load(args: argparse.Namespace, max_new_tokens: int, mode: str = "nudging") 
     base_sampling, nudger_sampling = _sampling(args)
     return Nudger.from_pretrained(
         args.base, args.nudger, gamma=args.gamma, lookahead=args.lookahead, max_new_tokens=max_new_tokens,
-        system=args.system, dtype=args.dtype, device=args.device, base_sampling=base_sampling,
+        system=getattr(args, "system", None), dtype=args.dtype, device=args.device, base_sampling=base_sampling,
         nudger_sampling=nudger_sampling, mode=mode,
     )
 
