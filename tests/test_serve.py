@@ -153,6 +153,9 @@ def test_chat_errors(server):
     big = httpx.post(server + "/v1/chat/completions", content=b"x" * 1_100_000,
                      headers={**headers, "Content-Type": "application/json"}, timeout=30)
     assert big.status_code == 413
+    chunked = httpx.post(server + "/v1/chat/completions", content=iter([b'{"messages": []}']),
+                         headers={**headers, "Content-Type": "application/json"}, timeout=30)
+    assert chunked.status_code == 411 and chunked.json()["error"]["code"] == "length_required"
 
 
 def test_a_client_that_leaves_mid_stream_stops_its_generation(server):

@@ -64,7 +64,7 @@ def create_app(service: Service, settings: ServerSettings) -> FastAPI:
         if request.url.path.startswith("/v1/"):
             try:
                 _check_key(request, settings.api_key)
-                length = int(request.headers.get("content-length") or 0)
+                length = _content_length(request)
                 if length > settings.max_body_bytes:
                     raise APIError(413, f"request body of {length} bytes is over the limit of "
                                         f"{settings.max_body_bytes}", code="body_too_large")
@@ -115,6 +115,19 @@ def _check_key(request: Request, api_key: str | None) -> None:
     if not hmac.compare_digest(given.encode(), api_key.encode()):
         raise APIError(401, "missing or wrong API key (send Authorization: Bearer KEY)", "authentication_error",
                        code="invalid_api_key")
+
+
+def _content_length(request: Request) -> int:
+    """The body's declared size; a POST must declare it, so that the size limit cannot be bypassed."""
+    header = request.headers.get("content-length")
+    if header is None:
+        if request.method == "POST":
+            raise APIError(411, "send the request body with a Content-Length header", code="length_required")
+        return 0
+    try:
+        return int(header)
+    except ValueError:
+        raise APIError(400, f"Content-Length is not a number: {header!r}", code="invalid_header") from None
 
 
 def _check_model(model: str | None, settings: ServerSettings) -> None:
