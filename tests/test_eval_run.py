@@ -252,3 +252,13 @@ def test_report_scores_rows_with_the_current_rules(capsys, tiny_folders, tmp_pat
     path.write_text("".join(json.dumps(a) + "\n" for a in answers))
     assert run_eval(capsys, "--report", str(tmp_path))[0] == 0
     assert "| coin_flip | 2 | 100.0 [" in (tmp_path / "summary.md").read_text()
+
+
+def test_data_for_a_task_not_in_the_run_is_a_warning(tiny_folders, tmp_path):
+    from nudging.evals import runner
+
+    warnings = []
+    request = runner.EvalRequest(tasks=["coin_flip"], methods=["nudger"], nudger=tiny_folders["nudger"],
+                                 max_new_tokens=2, limit=1, out=tmp_path, data={"gsm8k": "items.csv"})
+    runner.run(request, warn=warnings.append)
+    assert warnings == ["--data gsm8k=... is not used: gsm8k is not among the tasks of this run"]

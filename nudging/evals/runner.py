@@ -184,13 +184,16 @@ def run(request: EvalRequest, on_progress: Progress | None = None, warn: Callabl
     request.out.mkdir(parents=True, exist_ok=True)
     nudger = LazyNudger(request)
     paths = []
-    asked_for_all = len(request.tasks) > 1
+    for task in request.data:
+        if task not in request.tasks:
+            warn(f"--data {task}=... is not used: {task} is not among the tasks of this run")
+    several_tasks = len(request.tasks) > 1
     for name in request.tasks:
         task = get_task(name)
         try:
             examples, source = load_examples(task, request.data.get(name), request.seed)
         except DataUnavailableError as error:
-            if not asked_for_all:
+            if not several_tasks:
                 raise
             warn(f"skipping {name}: {error}")
             continue

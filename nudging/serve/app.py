@@ -50,6 +50,9 @@ def create_app(service: Service, settings: ServerSettings) -> FastAPI:
         errors = error.errors()
         if any(e.get("type") == "json_invalid" for e in errors):
             problem = APIError(400, "the request body is not valid JSON", code="invalid_json")
+        elif any(tuple(e.get("loc", ())) == ("body",) for e in errors):
+            problem = APIError(400, "the request body must be a JSON object, sent with Content-Type: "
+                                    "application/json", code="invalid_body")
         else:
             problem = validation_error(list(errors))
         return JSONResponse(problem.body, status_code=problem.status)
@@ -180,7 +183,8 @@ async def _scored(service: Service, job: Job, body: CompletionRequest, settings:
     """A completion with top-1 logprobs (and the prompt's, with echo): one model, not streamed."""
     if job.mode == "nudging":
         raise APIError(422, "logprobs and echo come from one model: serve with --mode base|nudger, or send "
-                            "nudging: false", param="logprobs", code="unsupported_parameter")
+                            "nudging: false", param="logprobs" if body.logprobs is not None else "echo",
+                       code="unsupported_parameter")
     if body.stream:
         raise APIError(422, "logprobs and echo are not streamed; send stream: false", param="stream",
                        code="unsupported_parameter")
