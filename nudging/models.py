@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from nudging.errors import InvalidArgumentError, ModelNotFoundError, NotCausalLMError
+from nudging.hub import go_offline_unless_reachable
 
 DTYPES = ("auto", "float32", "bfloat16", "float16", "float64")
 DEVICES = ("auto", "cpu", "cuda")
@@ -165,12 +166,14 @@ def load(spec: str, dtype: str = "auto", device: str = "auto") -> tuple[Any, Any
     from transformers.utils import logging as transformers_logging
 
     transformers_logging.disable_progress_bar()  # one bar per load is noise on a terminal and in logs
+    reachable = Path(source).is_dir() or go_offline_unless_reachable()
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
     except (OSError, ValueError) as error:
+        offline = "" if reachable else "the hub is not reachable, and it is not in the local hub cache; "
         where = "" if Path(source).is_dir() else (
-            f" (not a local folder or .gguf file, so it was looked up on the Hugging Face hub; the built-in demo "
-            f"models are {', '.join(DEMO_MODELS)})"
+            f" (not a local folder or .gguf file, so it was looked up on the Hugging Face hub; {offline}the "
+            f"built-in demo models are {', '.join(DEMO_MODELS)})"
         )
         raise ModelNotFoundError(f"could not load model {spec!r}{where}: {_first_line(error)}") from None
     model = _causal_lm(lambda auto: auto.from_pretrained(source, dtype=torch_dtype), spec)

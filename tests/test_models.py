@@ -42,6 +42,22 @@ def test_unknown_hub_id_offline(monkeypatch):
         models.load("no-such-org/no-such-model")
 
 
+def test_unknown_hub_id_fails_fast_when_the_hub_is_unreachable(monkeypatch):
+    import time
+
+    import huggingface_hub.constants
+
+    from nudging import hub
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)  # restored after the test
+    monkeypatch.setattr(hub, "hub_reachable", lambda timeout=3.0: False)
+    started = time.monotonic()
+    with pytest.raises(ModelNotFoundError, match="the hub is not reachable"):
+        models.load("no-such-org/no-such-model")
+    assert time.monotonic() - started < 15  # huggingface_hub alone retries for about 45 s
+    assert huggingface_hub.constants.HF_HUB_OFFLINE is True
+
+
 @pytest.mark.parametrize("name, value", [("dtype", "float8"), ("device", "tpu")])
 def test_bad_dtype_or_device(tiny_folders, name, value):
     with pytest.raises(InvalidArgumentError, match=name):

@@ -10,10 +10,8 @@ import gzip
 import importlib.util
 import json
 import math
-import os
 import random
 import shutil
-import socket
 import subprocess
 import sys
 import tarfile
@@ -145,17 +143,6 @@ def _from_row(row: dict[str, Any], index: int, kind: str, task: str, path: Path)
 
 
 # --- the Hugging Face hub ------------------------------------------------------------------------------------
-def hub_reachable(timeout: float = 3.0) -> bool:
-    if any(os.environ.get(v, "").lower() in ("1", "true", "yes") for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")):
-        return False
-    host = os.environ.get("HF_ENDPOINT", "https://huggingface.co").split("://")[-1].split("/")[0]
-    try:
-        socket.create_connection((host, 443), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
-
-
 def load_hub(path: str, name: str | None, split: str, convert: Callable[[Iterable[dict]], list[Example]]):
     from datasets import load_dataset
 

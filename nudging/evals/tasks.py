@@ -11,6 +11,7 @@ from nudging.errors import InvalidArgumentError
 from nudging.evals import generated, sources
 from nudging.evals.examples import SYSTEM_PROMPT, Example
 from nudging.evals.sources import DataUnavailableError
+from nudging.hub import hub_reachable
 
 Convert = Callable[[Iterable[dict[str, Any]]], list[Example]]
 
@@ -128,7 +129,7 @@ def load_examples(task: Task, data_file: str | None = None, seed: int = 0) -> tu
     tried = []
     if task.hub is not None:
         where = f"the Hugging Face hub ({task.hub.path})"
-        if sources.hub_reachable():
+        if hub_reachable():
             try:
                 return sources.load_hub(task.hub.path, task.hub.name, task.hub.split, task.hub.convert), where
             except Exception as error:  # any failure of the download or the conversion: try the next source
