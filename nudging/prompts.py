@@ -9,24 +9,22 @@ DEFAULT_ANSWER_PREFIX = "Answer:\n"
 
 def base_prompt(question: str, system: str | None = None, answer_prefix: str = DEFAULT_ANSWER_PREFIX) -> str:
     """`{system}\\n{question}\\n{answer prefix}`; the system line is left out when there is none."""
-    lines = [system, question] if system else [question]
-    return "\n".join(lines) + "\n" + answer_prefix
+    return base_prompt_for(_one_question(question, system), answer_prefix)
 
 
 def chat_prompt(tokenizer: Any, question: str, system: str | None = None) -> str:
     """The question in the tokenizer's chat template, ready for the assistant's answer (see chat_prompt_for)."""
-    messages = [{"role": "system", "content": system}] if system else []
-    return chat_prompt_for(tokenizer, messages + [{"role": "user", "content": question}])
+    return chat_prompt_for(tokenizer, _one_question(question, system))
 
 
-def base_prompt_for(messages: list[dict[str, str]]) -> str:
+def base_prompt_for(messages: list[dict[str, str]], answer_prefix: str = DEFAULT_ANSWER_PREFIX) -> str:
     """A conversation as plain text for a base model: the system line, then each user turn followed by
-    'Answer:' and the assistant's reply; a one-question conversation gives exactly `base_prompt`."""
-    system = "\n".join(m["content"] for m in messages if m["role"] == "system")
+    'Answer:' and the assistant's reply."""
+    system = _system_text(messages)
     turns = []
     for message in messages:
         if message["role"] == "user":
-            turns.append(message["content"] + "\n" + DEFAULT_ANSWER_PREFIX)
+            turns.append(message["content"] + "\n" + answer_prefix)
         elif message["role"] == "assistant":
             turns.append(message["content"] + "\n\n")
     return (system + "\n" if system else "") + "".join(turns)
@@ -51,8 +49,17 @@ def chat_prompt_for(tokenizer: Any, messages: list[dict[str, str]]) -> str:
     return text
 
 
+def _one_question(question: str, system: str | None) -> list[dict[str, str]]:
+    system_turn = [{"role": "system", "content": system}] if system else []
+    return system_turn + [{"role": "user", "content": question}]
+
+
+def _system_text(messages: list[dict[str, str]]) -> str:
+    return "\n".join(m["content"] for m in messages if m["role"] == "system")
+
+
 def _fold_system(messages: list[dict[str, str]]) -> list[dict[str, str]]:
-    system = "\n".join(m["content"] for m in messages if m["role"] == "system")
+    system = _system_text(messages)
     rest = [dict(m) for m in messages if m["role"] != "system"]
     if system and rest:
         rest[0]["content"] = f"{system}\n\n{rest[0]['content']}"

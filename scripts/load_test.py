@@ -183,15 +183,10 @@ def main() -> int:
 
 
 def tiny_pair(folder: Path) -> tuple[str, str]:
-    from tiny import byte_level_tokenizer, metaspace_tokenizer, tiny_llama
+    from tiny import save_tiny_models
 
-    specs = []
-    for name, tokenizer, seed, eos in (("base", metaspace_tokenizer(), 2, 1.0), ("nudger", byte_level_tokenizer(), 5, 1.4)):
-        model = tiny_llama(tokenizer, seed=seed, eos_logit_scale=eos, max_positions=1024)
-        model.save_pretrained(folder / name)
-        tokenizer.save_pretrained(folder / name)
-        specs.append(str(folder / name))
-    return specs[0], specs[1]
+    folders = save_tiny_models(folder, ("base", "nudger"))
+    return folders["base"], folders["nudger"]
 
 
 if __name__ == "__main__":

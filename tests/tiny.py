@@ -10,6 +10,7 @@ about 1e-12, so a threshold test never flips between the engine and the referenc
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
@@ -127,3 +128,25 @@ def stuck_llama(tokenizer, token: int) -> LlamaForCausalLM:
 
 def local(model, tokenizer, name: str) -> LocalModel:
     return LocalModel(model, tokenizer, name=name)
+
+
+# name: (tokenizer factory, seed, eos logit scale, context length)
+TINY_FOLDERS = {
+    "base": (metaspace_tokenizer, 2, 1.0, 1024),
+    "nudger": (byte_level_tokenizer, 5, 1.4, 1024),
+    "short": (byte_level_tokenizer, 6, 1.0, 24),
+}
+
+
+def save_tiny_models(root: Path, names: tuple[str, ...] = tuple(TINY_FOLDERS)) -> dict[str, str]:
+    """Tiny models saved as Hugging Face folders (specs are their paths): a base and a nudger with different
+    tokenizers, and one with a 24-token context."""
+    folders = {}
+    for name in names:
+        make_tokenizer, seed, eos_logit_scale, positions = TINY_FOLDERS[name]
+        tokenizer = make_tokenizer()
+        model = tiny_llama(tokenizer, seed=seed, eos_logit_scale=eos_logit_scale, max_positions=positions)
+        model.save_pretrained(root / name)
+        tokenizer.save_pretrained(root / name)
+        folders[name] = str(root / name)
+    return folders

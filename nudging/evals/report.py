@@ -86,7 +86,6 @@ def summarize(runs: list[tuple[dict[str, Any], list[dict[str, Any]]]]) -> list[S
         ratings = [row["rating"] for row in rows if row.get("rating") is not None]
         correct = sum(bool(v) for v in verdicts)
         low, high = wilson(correct, len(verdicts)) if verdicts else (None, None)
-        fractions = [row["stats"]["nudged_word_fraction"] for row in rows if row.get("stats")]
         nudged = None
         if meta["method"] == "nudging" and rows:
             words = sum(row["stats"]["nudged_words"] for row in rows if row.get("stats"))
@@ -98,7 +97,7 @@ def summarize(runs: list[tuple[dict[str, Any], list[dict[str, Any]]]]) -> list[S
             accuracy=correct / len(verdicts) if verdicts else None, ci_low=low, ci_high=high,
             mean_rating=sum(ratings) / len(ratings) if ratings else None,
             ended_by_itself=sum(bool(row.get("ended_by_itself")) for row in rows),
-            nudged_word_fraction=nudged if fractions or nudged is not None else None,
+            nudged_word_fraction=nudged,
             mean_seconds=sum(seconds) / len(seconds) if seconds else 0.0,
             base=meta.get("base"), nudger=meta.get("nudger"), max_new_tokens=meta["max_new_tokens"], key=meta["key"],
         ))

@@ -161,8 +161,7 @@ def _job(service: Service, body, settings: ServerSettings, base_prompt: str, nud
 
 async def _respond(service: Service, job: Job, body, request: Request, settings: ServerSettings, chat: bool):
     pieces = service.generate(job)
-    created, response_id = now(), new_id("chatcmpl" if chat else "cmpl")
-    frame = {"id": response_id, "created": created, "model": settings.model_name}
+    frame = _frame(settings, chat)
     if body.stream:
         first = await _first(pieces)  # errors before the first piece still get a status code
         return StreamingResponse(_events(first, pieces, frame, chat, body.include_usage, service, job),
@@ -199,12 +198,8 @@ async def _scored(service: Service, job: Job, body: CompletionRequest, settings:
     prompt_tokens, scored = await service.call(work)
     choice = {"index": 0, "text": scored.text, "finish_reason": scored.finish_reason,
               "logprobs": scored.to_openai() if body.logprobs is not None else None}
-    return JSONResponse({
-        "id": new_id("cmpl"), "object": "text_completion", "created": now(), "model": settings.model_name,
-        "choices": [choice],
-        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": scored.completion_tokens,
-                  "total_tokens": prompt_tokens + scored.completion_tokens},
-    })
+    return JSONResponse({**_frame(settings, chat=False), "object": "text_completion", "choices": [choice],
+                         "usage": _usage_counts(prompt_tokens, scored.completion_tokens)})
 
 
 async def _first(pieces: AsyncIterator[Span | Finished]) -> Span | Finished:
@@ -269,7 +264,14 @@ async def _events(first, pieces, frame, chat: bool, include_usage: bool, service
 def _usage(service: Service, job: Job, finished: Finished) -> dict[str, int]:
     model = service.template.nudger if job.mode == "nudger" else service.template.base
     prompt = job.nudger_prompt if job.mode == "nudger" else job.base_prompt
-    prompt_tokens = len(model.tokenize(prompt))
-    completion_tokens = model.count_tokens(finished.text)
+    return _usage_counts(len(model.tokenize(prompt)), model.count_tokens(finished.text))
+
+
+def _usage_counts(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
     return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
             "total_tokens": prompt_tokens + completion_tokens}
+
+
+def _frame(settings: ServerSettings, chat: bool) -> dict[str, Any]:
+    """The fields every response and chunk of one request share."""
+    return {"id": new_id("chatcmpl" if chat else "cmpl"), "created": now(), "model": settings.model_name}

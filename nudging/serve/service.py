@@ -15,7 +15,7 @@ from nudging.config import SamplingConfig
 from nudging.nudger import Nudger
 from nudging.result import GenerationResult
 from nudging.serve.protocol import APIError
-from nudging.text import Span, count_words, merge_spans
+from nudging.text import Span, count_words
 
 T = TypeVar("T")
 
@@ -156,7 +156,7 @@ class Service:
                 elif isinstance(item, GenerationResult):
                     for piece in scanner.flush():
                         yield piece
-                    spans = merge_spans(_cut(item.spans, len(scanner.text) if not scanner.stopped else scanner.sent))
+                    spans = _cut(item.spans, scanner.sent)
                     finished = True
                     yield _finished(spans, item, scanner.stopped)
                     return
