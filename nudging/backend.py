@@ -8,7 +8,7 @@ re-tokenized text, a run that extends its own ids, and a batch of word-boundary 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Protocol, Sequence
 
 import torch
 from transformers import DynamicCache
@@ -62,7 +62,53 @@ def context_length(model: Any) -> int | None:
     return None
 
 
-class LocalModel:
+class Model(Protocol):
+    """What the engine needs of a model: LocalModel here, RemoteModel (nudging.remote) over HTTP."""
+
+    name: str
+    tokenizer: Any
+    sampling: SamplingConfig
+    context_length: int | None
+
+    def count_tokens(self, text: str) -> int: ...
+    def check_prompt_fits(self, text: str, what: str) -> None: ...
+    def reset_sampling(self) -> None: ...
+    def finish(self) -> None: ...
+    def greedy(self, text: str, max_tokens: int) -> tuple[str, bool]: ...
+    def start_run(self, text: str) -> Any: ...
+    def choices_at_prefixes(self, texts: Sequence[str]) -> Iterator[tuple[Any, Choice]]: ...
+
+
+class TokenizedModel:
+    """Text <-> ids with the model's own tokenizer (held locally also for a remote model)."""
+
+    name: str
+    tokenizer: Any
+    context_length: int | None
+
+    @property
+    def label(self) -> str:
+        return self.name
+
+    def tokenize(self, text: str) -> list[int]:
+        """Canonical tokenization that starts a run: the tokenizer's default special tokens included."""
+        return list(self.tokenizer(text)["input_ids"])
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def check_prompt_fits(self, text: str, what: str) -> None:
+        if self.context_length is None:
+            return
+        length = len(self.tokenize(text))
+        if length >= self.context_length:
+            raise PromptTooLongError(
+                f"{what} is {length} tokens long, but {self.label} has a context window of "
+                f"{self.context_length} tokens and needs room for at least one new token"
+            )
+
+
+class LocalModel(TokenizedModel):
     """A causal LM with its tokenizer and a KV cache that is reused across runs."""
 
     def __init__(self, model: Any, tokenizer: Any, *, name: str = "model", sampling: SamplingConfig | None = None):
@@ -82,30 +128,15 @@ class LocalModel:
     def device(self) -> torch.device:
         return self.model.device
 
+    def finish(self) -> None:
+        """Nothing to release at the end of a generation (the KV cache is kept for the next one)."""
+
     def reset_sampling(self) -> None:
         """Restart the sampler: from its seed (reproducible), or from a fresh random seed when none is set."""
         if self.sampling.seed is not None:
             self._generator.manual_seed(self.sampling.seed)
         else:
             self._generator.seed()
-
-    # --- text <-> ids ---------------------------------------------------------------------------------------
-    def tokenize(self, text: str) -> list[int]:
-        """Canonical tokenization that starts a run: the tokenizer's default special tokens included."""
-        return list(self.tokenizer(text)["input_ids"])
-
-    def count_tokens(self, text: str) -> int:
-        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
-
-    def check_prompt_fits(self, text: str, what: str) -> None:
-        if self.context_length is None:
-            return
-        length = len(self.tokenize(text))
-        if length >= self.context_length:
-            raise PromptTooLongError(
-                f"{what} is {length} tokens long, but {self.name} has a context window of "
-                f"{self.context_length} tokens and needs room for at least one new token"
-            )
 
     # --- forward passes with the cache ----------------------------------------------------------------------
     def logits_from(self, ids: Sequence[int], first_position: int) -> torch.Tensor:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from nudging.backend import LocalModel
 from nudging.errors import InvalidArgumentError
 from nudging.nudger import Nudger
 
@@ -46,8 +47,13 @@ def read_prompts(path: str) -> list[str]:
 
 
 def base_only(nudger: Nudger, prompt: str, max_new_tokens: int) -> tuple[int, float]:
-    """(answer tokens, seconds) of transformers' cached greedy generate of the base alone."""
+    """(answer tokens, seconds) of the base alone, greedy: transformers' cached generate, or for a remote base
+    one completion request (what serving the base without nudging costs)."""
     base = nudger.base
+    if not isinstance(base, LocalModel):
+        started = time.perf_counter()
+        text, _ = base.greedy(prompt, max_new_tokens)
+        return base.count_tokens(text), time.perf_counter() - started
     inputs = base.tokenizer(prompt, return_tensors="pt").to(base.device)
     eos = sorted(base.eos_ids)
     started = time.perf_counter()
@@ -80,6 +86,7 @@ def run(nudger: Nudger, prompts: list[str], max_new_tokens: int, progress: bool 
                     "nudged_word_fraction": result.stats.nudged_word_fraction,
                     "nudged_token_fraction": result.stats.nudged_token_fraction,
                     "models": result.stats.models,
+                    "paper_requests": result.stats.paper_requests,
                 },
             }
         )
@@ -94,10 +101,13 @@ def summarize(rows: list[dict], max_new_tokens: int) -> dict:
 
     base_tokens, base_seconds = total("base_only", "answer_tokens"), total("base_only", "seconds")
     nudge_tokens, nudge_seconds = total("nudging", "answer_tokens"), total("nudging", "seconds")
-    passes = {
-        name: sum(row["nudging"]["models"][name]["forward_passes"] for row in rows) / max(nudge_tokens, 1)
-        for name in ("base", "nudger")
-    }
+    def per_token(name: str, unit: str) -> float | None:
+        values = [row["nudging"]["models"][name].get(unit) for row in rows]
+        return None if None in values else sum(values) / max(nudge_tokens, 1)
+
+    passes = {name: per_token(name, "forward_passes") for name in ("base", "nudger")}
+    requests = {name: per_token(name, "requests") for name in ("base", "nudger")}
+    remote = any(value is not None for value in requests.values())
     base_per_token = base_seconds / max(base_tokens, 1)
     nudge_per_token = nudge_seconds / max(nudge_tokens, 1)
     return {
@@ -107,7 +117,7 @@ def summarize(rows: list[dict], max_new_tokens: int) -> dict:
             "answer_tokens": base_tokens,
             "seconds": base_seconds,
             "tokens_per_second": base_tokens / base_seconds if base_seconds else 0.0,
-            "forward_passes_per_answer_token": 1.0,
+            "forward_passes_per_answer_token": None if remote else 1.0,
         },
         "nudging": {
             "answer_tokens": nudge_tokens,
@@ -116,6 +126,12 @@ def summarize(rows: list[dict], max_new_tokens: int) -> dict:
             "base_forward_passes_per_answer_token": passes["base"],
             "nudger_forward_passes_per_answer_token": passes["nudger"],
             "nudged_token_fraction": sum(r["nudging"]["nudged_token_fraction"] for r in rows) / len(rows),
+            **({
+                "base_requests_per_answer_token": requests["base"],
+                "nudger_requests_per_answer_token": requests["nudger"],
+                "requests_per_answer_token": sum(v for v in requests.values() if v is not None),
+                "paper_requests_per_answer_token": total("nudging", "paper_requests") / max(nudge_tokens, 1),
+            } if remote else {}),
         },
         "time_ratio_vs_base": nudge_per_token / base_per_token if base_per_token else 0.0,
         "rows": rows,
@@ -127,15 +143,31 @@ def print_report(report: dict) -> None:
     from rich.table import Table
 
     base, nudge = report["base_only"], report["nudging"]
+    remote = "requests_per_answer_token" in nudge
     table = Table(title=f"nudging bench: {report['prompts']} prompts, max {report['max_new_tokens']} new tokens")
-    for column in ("method", "answer tokens", "seconds", "tokens/s", "base passes/token", "nudger passes/token"):
+    work = ("requests/token (ours)", "requests/token (paper's protocol)") if remote else (
+        "base passes/token", "nudger passes/token")
+    for column in ("method", "answer tokens", "seconds", "tokens/s", *work):
         table.add_column(column, justify="right" if column != "method" else "left")
-    table.add_row("base only (generate)", str(base["answer_tokens"]), f"{base['seconds']:.2f}",
-                  f"{base['tokens_per_second']:.1f}", "1.00", "-")
-    table.add_row("nudging", str(nudge["answer_tokens"]), f"{nudge['seconds']:.2f}",
-                  f"{nudge['tokens_per_second']:.1f}", f"{nudge['base_forward_passes_per_answer_token']:.2f}",
-                  f"{nudge['nudger_forward_passes_per_answer_token']:.2f}")
+
+    def number(value: float | None) -> str:
+        return "-" if value is None else f"{value:.2f}"
+
+    if remote:
+        table.add_row("base only (one request)", str(base["answer_tokens"]), f"{base['seconds']:.2f}",
+                      f"{base['tokens_per_second']:.1f}", number(report["prompts"] / max(base["answer_tokens"], 1)), "-")
+        table.add_row("nudging", str(nudge["answer_tokens"]), f"{nudge['seconds']:.2f}",
+                      f"{nudge['tokens_per_second']:.1f}", number(nudge["requests_per_answer_token"]),
+                      number(nudge["paper_requests_per_answer_token"]))
+    else:
+        table.add_row("base only (generate)", str(base["answer_tokens"]), f"{base['seconds']:.2f}",
+                      f"{base['tokens_per_second']:.1f}", "1.00", "-")
+        table.add_row("nudging", str(nudge["answer_tokens"]), f"{nudge['seconds']:.2f}",
+                      f"{nudge['tokens_per_second']:.1f}", number(nudge["base_forward_passes_per_answer_token"]),
+                      number(nudge["nudger_forward_passes_per_answer_token"]))
     console = Console(highlight=False)
     console.print(table)
     console.print(f"time per answer token, nudging / base only: {report['time_ratio_vs_base']:.2f}x  "
                   f"(nudger wrote {100 * nudge['nudged_token_fraction']:.0f}% of answer tokens)")
+    if remote:
+        console.print("paper's protocol: one request per lookahead, per word boundary checked and per 16 base tokens")

@@ -11,6 +11,8 @@ from nudging import models
 from nudging.config import SamplingConfig
 from nudging.errors import NudgingError
 from nudging.nudger import MODES, Nudger
+from nudging.remote.client import ClientSettings
+from nudging.remote.model import PROTOCOLS
 from nudging.result import GenerationResult
 from nudging.evals.tasks import TASK_NAMES
 from nudging.text import Span
@@ -18,12 +20,25 @@ from nudging.text import Span
 NUDGER_STYLE = "bold magenta"
 
 
-def _model_options(parser: argparse.ArgumentParser, sampling: bool = True) -> None:
+def _model_options(parser: argparse.ArgumentParser, sampling: bool = True, key_flag: str = "--api-key") -> None:
     group = parser.add_argument_group("models")
-    group.add_argument("--base", default="demo-base", help="base model: hub id, folder, .gguf file or demo-base")
-    group.add_argument("--nudger", default="demo-nudger", help="aligned nudger: hub id, folder, .gguf or demo-nudger")
+    group.add_argument("--base", default="demo-base",
+                       help="base model: hub id, folder, .gguf file, demo-base, or openai:MODEL@http://HOST:PORT/v1")
+    group.add_argument("--nudger", default="demo-nudger",
+                       help="aligned nudger: hub id, folder, .gguf, demo-nudger, or openai:MODEL@URL")
     group.add_argument("--dtype", default="auto", choices=models.DTYPES)
     group.add_argument("--device", default="auto", choices=models.DEVICES)
+    group = parser.add_argument_group("remote models (openai:MODEL@URL)")
+    group.add_argument(key_flag, dest="remote_api_key", default=None,
+                       help="key for the model servers (default: $NUDGING_API_KEY, then $OPENAI_API_KEY)")
+    group.add_argument("--base-tokenizer", default=None, help="where to load a remote base's tokenizer (default: MODEL)")
+    group.add_argument("--nudger-tokenizer", default=None, help="where to load a remote nudger's tokenizer and chat "
+                                                                "template (default: MODEL)")
+    group.add_argument("--remote-protocol", default="auto", choices=PROTOCOLS,
+                       help="how a remote base checks word boundaries: auto (the cheaper of echo and per-word, "
+                            "measured), echo, per-word, or chunked (the authors' 16-token requests)")
+    group.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for a model server")
+    group.add_argument("--retries", type=int, default=4, help="retries on connection errors, timeouts, 429 and 5xx")
     group = parser.add_argument_group("nudging")
     group.add_argument("--gamma", type=float, default=0.3, help="nudge where the base's top-1 probability < gamma")
     group.add_argument("--lookahead", type=int, default=16, help="tokens the nudger writes per round")
@@ -69,6 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
                           help="items of TASK from a .jsonl/.json/.csv file (fields: question, answer, options, id)")
     evaluate.add_argument("--judge-url", help="OpenAI-compatible endpoint for LLM-judge scoring, e.g. http://host:8000/v1")
     evaluate.add_argument("--judge-model", help="model name to send to the judge endpoint")
+    evaluate.add_argument("--concurrency", type=int, default=1,
+                          help="items answered at once, each on its own replica (for remote models)")
     evaluate.add_argument("--report", metavar="DIR", nargs="?", const=True, default=None,
                           help="only rebuild the table and chart from the result files in DIR (default: --out)")
     _model_options(evaluate, sampling=False)
@@ -83,7 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-queue", type=int, default=16, help="requests that may wait; more get HTTP 429")
     serve.add_argument("--max-tokens", type=int, default=512, help="answer budget when a request sets none")
     serve.add_argument("--max-tokens-limit", type=int, default=4096, help="the largest max_tokens a request may ask")
-    _model_options(serve, sampling=False)  # sampling and the system text come with each request
+    # sampling and the system text come with each request; --api-key is this server's own key
+    _model_options(serve, sampling=False, key_flag="--remote-api-key")
 
     setup = commands.add_parser("setup", help="install and convert the demo models once")
     setup.add_argument("--models", nargs="*", default=["demo-base", "demo-nudger"])
@@ -104,8 +122,21 @@ def _load(args: argparse.Namespace, max_new_tokens: int, mode: str = "nudging") 
     return Nudger.from_pretrained(
         args.base, args.nudger, gamma=args.gamma, lookahead=args.lookahead, max_new_tokens=max_new_tokens,
         system=getattr(args, "system", None), dtype=args.dtype, device=args.device, base_sampling=base_sampling,
-        nudger_sampling=nudger_sampling, mode=mode,
+        nudger_sampling=nudger_sampling, mode=mode, **remote_options(args),
     )
+
+
+def remote_options(args: argparse.Namespace) -> dict:
+    """Nudger.from_pretrained's options for remote models, from the command line."""
+    if not args.timeout > 0:
+        raise NudgingError(f"--timeout must be a number of seconds > 0, got {args.timeout}")
+    if args.retries < 0:
+        raise NudgingError(f"--retries must be at least 0, got {args.retries}")
+    return {
+        "api_key": args.remote_api_key, "base_tokenizer": args.base_tokenizer,
+        "nudger_tokenizer": args.nudger_tokenizer, "remote_protocol": args.remote_protocol,
+        "client_settings": ClientSettings(timeout=args.timeout, retries=args.retries),
+    }
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -145,7 +176,10 @@ def summary_line(result: GenerationResult) -> str:
         )
     parts.append(f"{stats.answer_base_tokens} answer tokens")
     for name, work in stats.models.items():
-        parts.append(f"{name}: {work['forward_passes']} passes, {work['tokens_processed']} tokens")
+        if "requests" in work:
+            parts.append(f"{name}: {work['requests']} requests")
+        else:
+            parts.append(f"{name}: {work['forward_passes']} passes, {work['tokens_processed']} tokens")
     parts.append(f"{stats.seconds:.1f} s")
     return " · ".join(parts)
 

@@ -7,14 +7,16 @@ the CLI, the server and the evaluation consume its spans.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Iterator, Literal
 
-from nudging.backend import Choice, LocalModel, Run
+from nudging.backend import Choice, Model, Run
 from nudging.config import NudgingConfig
 from nudging.errors import ContextWindowFull
 from nudging.text import Source, Span, join_words, split_lookahead
 
+STAGE_CHUNK = 16  # tokens per base request in the authors' code (for the request count only)
 StopReason = Literal["nudger_eos", "repetition", "length", "eos", "stop"]
 
 
@@ -26,10 +28,17 @@ class EngineState:
     rounds: int = 0
     stop_reason: StopReason | None = None
     nudges: list[str] = field(default_factory=list)
+    word_checks: int = 0  # base queries at word boundaries (step 2)
+    stage_chunks: int = 0  # 16-token pieces of base stages: what the authors' code asks for one request each
+
+    def paper_requests(self) -> int:
+        """Requests the authors' reference code needs for this answer: one lookahead per round, one per word
+        boundary checked and one per 16 tokens of a base stage."""
+        return self.rounds + self.word_checks + self.stage_chunks
 
 
 def nudge(
-    base: LocalModel, nudger: LocalModel, base_prompt: str, nudger_prompt: str, config: NudgingConfig, state: EngineState
+    base: Model, nudger: Model, base_prompt: str, nudger_prompt: str, config: NudgingConfig, state: EngineState
 ) -> Iterator[Span]:
     """Run nudging to the end, yielding each piece of the answer as it is written; sets state.stop_reason."""
     try:
@@ -39,7 +48,7 @@ def nudge(
 
 
 def _rounds(
-    base: LocalModel, nudger: LocalModel, base_prompt: str, nudger_prompt: str, config: NudgingConfig, state: EngineState
+    base: Model, nudger: Model, base_prompt: str, nudger_prompt: str, config: NudgingConfig, state: EngineState
 ) -> Iterator[Span]:
     def budget_reached() -> bool:
         return base.count_tokens(state.answer) >= config.max_new_tokens
@@ -55,7 +64,7 @@ def _rounds(
             return
 
         # 2. Nudging words: accept words until the base is confident again or agrees with the next word.
-        nudge_text, takeover = _accept_words(base, base_prompt + state.answer, lookahead, config.gamma)
+        nudge_text, takeover = _accept_words(base, base_prompt + state.answer, lookahead, config.gamma, state)
 
         # 3. Repetition guard.
         if len(state.nudges) >= 3 and all(previous == nudge_text for previous in state.nudges[-3:]):
@@ -74,20 +83,26 @@ def _rounds(
         if takeover is None:
             continue
         run, choice = takeover
+        stage_tokens, full = 0, False
         while not choice.is_eos:
             piece = run.append(choice.token)
+            stage_tokens += 1
             state.answer += piece
             yield Span(piece, "base")
-            if budget_reached():
-                state.stop_reason = "length"
-                return
+            full = budget_reached()
+            if full:
+                break
             choice = run.next_choice()
             if choice.top1_prob < config.gamma:
                 break
+        state.stage_chunks += math.ceil(stage_tokens / STAGE_CHUNK)
+        if full:
+            state.stop_reason = "length"
+            return
 
 
 def _accept_words(
-    base: LocalModel, prefix: str, lookahead: str, gamma: float
+    base: Model, prefix: str, lookahead: str, gamma: float, state: EngineState
 ) -> tuple[str, tuple[Run, Choice] | None]:
     """Spec step 2: the nudge text, and the base run and token that take over after it (None if none does)."""
     lead, words = split_lookahead(lookahead)
@@ -95,6 +110,7 @@ def _accept_words(
     queries = [prefix + join_words(lead, words[:i]) for i in candidates]
     if queries:
         for i, (run, choice) in zip(candidates, base.choices_at_prefixes(queries)):
+            state.word_checks += 1
             if choice.is_eos or choice.top1_prob >= gamma or (" " + words[i]).startswith(choice.piece):
                 return join_words(lead, words[:i]), (run, choice)
     if len(words) == 1:
@@ -103,7 +119,7 @@ def _accept_words(
 
 
 def single_model(
-    model: LocalModel, source: Source, prompt: str, max_new_tokens: int, state: EngineState
+    model: Model, source: Source, prompt: str, max_new_tokens: int, state: EngineState
 ) -> Iterator[Span]:
     """Plain decoding of one model (the `base` and `nudger` modes): stops at EOS or after max_new_tokens."""
     try:

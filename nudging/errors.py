@@ -23,3 +23,7 @@ class PromptTooLongError(NudgingError):
 
 class ContextWindowFull(NudgingError):
     """Raised inside a run when its ids no longer fit the model's context; the engine ends with `length`."""
+
+
+class RemoteError(NudgingError):
+    """A model server could not be used: unreachable, refused the key, does not serve the model, or failed."""

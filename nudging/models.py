@@ -157,18 +157,19 @@ def pick_dtype(dtype: str, device: str) -> Any:
     return getattr(torch, dtype)
 
 
-def load(spec: str, dtype: str = "auto", device: str = "auto") -> tuple[Any, Any]:
-    """(model, tokenizer) for a spec, on the device and in the dtype asked for."""
-    source = resolve(spec)
-    device = pick_device(device)
-    torch_dtype = pick_dtype(dtype, device)
+def load_tokenizer(spec: str) -> Any:
+    """The tokenizer of a spec (a remote model needs only this locally)."""
+    return _tokenizer(spec, resolve(spec))
+
+
+def _tokenizer(spec: str, source: str) -> Any:
     from transformers import AutoTokenizer
     from transformers.utils import logging as transformers_logging
 
     transformers_logging.disable_progress_bar()  # one bar per load is noise on a terminal and in logs
     reachable = Path(source).is_dir() or go_offline_unless_reachable()
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source)
+        return AutoTokenizer.from_pretrained(source)
     except (OSError, ValueError) as error:
         offline = "" if reachable else "the hub is not reachable, and it is not in the local hub cache; "
         where = "" if Path(source).is_dir() else (
@@ -176,6 +177,14 @@ def load(spec: str, dtype: str = "auto", device: str = "auto") -> tuple[Any, Any
             f"built-in demo models are {', '.join(DEMO_MODELS)})"
         )
         raise ModelNotFoundError(f"could not load model {spec!r}{where}: {_first_line(error)}") from None
+
+
+def load(spec: str, dtype: str = "auto", device: str = "auto") -> tuple[Any, Any]:
+    """(model, tokenizer) for a spec, on the device and in the dtype asked for."""
+    source = resolve(spec)
+    device = pick_device(device)
+    torch_dtype = pick_dtype(dtype, device)
+    tokenizer = _tokenizer(spec, source)
     model = _causal_lm(lambda auto: auto.from_pretrained(source, dtype=torch_dtype), spec)
     return model.to(device), tokenizer
 

@@ -7,9 +7,11 @@ from copy import deepcopy
 from typing import Callable, Iterator, Literal
 
 from nudging import engine, models, prompts
-from nudging.backend import LocalModel, ModelCounters
+from nudging.backend import LocalModel, Model
 from nudging.config import NudgingConfig, SamplingConfig
 from nudging.errors import InvalidArgumentError
+from nudging.remote.client import ClientSettings
+from nudging.remote.spec import is_remote
 from nudging.result import GenerationResult, GenerationStats
 from nudging.text import Span, count_words, merge_spans
 
@@ -27,8 +29,8 @@ class Nudger:
 
     def __init__(
         self,
-        base: LocalModel | None,
-        nudger: LocalModel | None,
+        base: Model | None,
+        nudger: Model | None,
         config: NudgingConfig | None = None,
         system: str | None = None,
     ) -> None:
@@ -52,29 +54,54 @@ class Nudger:
         base_sampling: SamplingConfig | None = None,
         nudger_sampling: SamplingConfig | None = None,
         mode: Mode = "nudging",
+        api_key: str | None = None,
+        base_tokenizer: str | None = None,
+        nudger_tokenizer: str | None = None,
+        remote_protocol: str = "auto",
+        client_settings: ClientSettings | None = None,
     ) -> "Nudger":
-        """Load both models from specs: a hub id, a local folder, a .gguf file, or `demo-base`/`demo-nudger`.
+        """Load both models from specs: a hub id, a local folder, a .gguf file, `demo-base`/`demo-nudger`, or a
+        model on an OpenAI-compatible server, `openai:MODEL@http://HOST:PORT/v1`.
 
-        With mode "base" or "nudger" only that model is loaded.
+        With mode "base" or "nudger" only that model is loaded. For a remote model, `api_key` (else
+        $NUDGING_API_KEY or $OPENAI_API_KEY) is sent to its server, its tokenizer is loaded locally from
+        `base_tokenizer` / `nudger_tokenizer` (default: the served model name), and `remote_protocol` picks how
+        word boundaries are checked: auto, echo, per-word, or chunked (the authors' 16-token base requests).
         """
         _check_mode(mode)
         config = NudgingConfig(gamma, lookahead, max_new_tokens)  # validate before the slow loads
-        # Resolve every spec before loading any weights, so a bad spec fails fast.
-        base_source = models.resolve(base) if mode in ("nudging", "base") else None
-        nudger_source = models.resolve(nudger) if mode in ("nudging", "nudger") else None
-        base_model = nudger_model = None
-        if base_source is not None:
-            base_model = LocalModel(*models.load(base_source, dtype, device), name="base", sampling=base_sampling)
-        if nudger_source is not None:
-            nudger_model = LocalModel(*models.load(nudger_source, dtype, device), name="nudger", sampling=nudger_sampling)
-        return cls(base_model, nudger_model, config, system)
+        wanted = {"base": mode in ("nudging", "base"), "nudger": mode in ("nudging", "nudger")}
+        specs = {"base": base, "nudger": nudger}
+        # Resolve every local spec before loading any weights, so a bad spec fails fast.
+        sources = {role: models.resolve(specs[role]) for role in specs if wanted[role] and not is_remote(specs[role])}
+        tokenizers = {"base": base_tokenizer, "nudger": nudger_tokenizer}
+        samplings = {"base": base_sampling, "nudger": nudger_sampling}
+        loaded: dict[str, Model | None] = {"base": None, "nudger": None}
+        for role in ("base", "nudger"):
+            if not wanted[role]:
+                continue
+            if is_remote(specs[role]):
+                from nudging.remote.probe import connect
+
+                loaded[role] = connect(
+                    specs[role], role=role if mode == "nudging" else "nudger", api_key=api_key,
+                    tokenizer=tokenizers[role], protocol=remote_protocol, client_settings=client_settings,
+                    sampling=samplings[role],
+                )
+                loaded[role].name = role
+            else:
+                loaded[role] = LocalModel(*models.load(sources[role], dtype, device), name=role,
+                                          sampling=samplings[role])
+        return cls(loaded["base"], loaded["nudger"], config, system)
 
     def replica(self) -> "Nudger":
         """Another Nudger over the same weights with caches and tokenizers of its own, so that two requests can
         run at once (a model's KV cache belongs to one generation at a time)."""
-        def copy(model: LocalModel | None) -> LocalModel | None:
+        def copy(model: Model | None) -> Model | None:
             if model is None:
                 return None
+            if not isinstance(model, LocalModel):
+                return model.replica()
             return LocalModel(model.model, deepcopy(model.tokenizer), name=model.name, sampling=model.sampling)
 
         return Nudger(copy(self.base), copy(self.nudger), self.config, self.system)
@@ -101,22 +128,25 @@ class Nudger:
         config = config or self.config
         state = state if state is not None else engine.EngineState()
         base_text, nudger_text = self._resolve_prompts(question, base_prompt, nudger_prompt, system)
-        for model in (self.base, self.nudger):
-            if model is not None:
-                model.reset_sampling()
+        for model in self._models().values():
+            model.reset_sampling()
+            if hasattr(model, "stage_tokens"):  # a remote model asks for at most the answer budget per request
+                model.stage_tokens = config.max_new_tokens
         if mode == "base":
             model = self._need(self.base, "base", mode)
             model.check_prompt_fits(base_text, "the base prompt")
-            return engine.single_model(model, "base", base_text, config.max_new_tokens, state)
-        if mode == "nudger":
+            pieces = engine.single_model(model, "base", base_text, config.max_new_tokens, state)
+        elif mode == "nudger":
             model = self._need(self.nudger, "nudger", mode)
             model.check_prompt_fits(nudger_text, "the nudger prompt")
-            return engine.single_model(model, "nudger", nudger_text, config.max_new_tokens, state)
-        base = self._need(self.base, "base", mode)
-        nudger = self._need(self.nudger, "nudger", mode)
-        base.check_prompt_fits(base_text, "the base prompt")
-        nudger.check_prompt_fits(nudger_text, "the nudger prompt")
-        return engine.nudge(base, nudger, base_text, nudger_text, config, state)
+            pieces = engine.single_model(model, "nudger", nudger_text, config.max_new_tokens, state)
+        else:
+            base = self._need(self.base, "base", mode)
+            nudger = self._need(self.nudger, "nudger", mode)
+            base.check_prompt_fits(base_text, "the base prompt")
+            nudger.check_prompt_fits(nudger_text, "the nudger prompt")
+            pieces = engine.nudge(base, nudger, base_text, nudger_text, config, state)
+        return _finishing(pieces, list(self._models().values()))
 
     def generate(
         self,
@@ -144,7 +174,7 @@ class Nudger:
             self.config.max_new_tokens if max_new_tokens is None else max_new_tokens,
         )
         state = engine.EngineState()
-        before = {name: _copy(m.counters) for name, m in self._models().items()}
+        before = {name: m.counters.to_dict() for name, m in self._models().items()}
         started = time.perf_counter()
         pieces = self.stream(
             question, base_prompt=base_prompt, nudger_prompt=nudger_prompt, system=system, mode=mode,
@@ -154,12 +184,15 @@ class Nudger:
             pieces = _tap(pieces, on_span, should_stop, state)
         spans = merge_spans(pieces)
         seconds = time.perf_counter() - started
-        work = {name: _difference(m.counters, before[name]) for name, m in self._models().items()}
+        work = {
+            name: {key: value - before[name][key] for key, value in m.counters.to_dict().items()}
+            for name, m in self._models().items()
+        }
         return GenerationResult(
             text="".join(span.text for span in spans),
             spans=spans,
             stop_reason=state.stop_reason or "length",
-            stats=self._stats(spans, state.rounds, work, seconds),
+            stats=self._stats(spans, state, work, seconds),
             mode=mode,
         )
 
@@ -180,23 +213,23 @@ class Nudger:
             default_nudger if nudger_prompt is None else nudger_prompt,
         )
 
-    def _need(self, model: LocalModel | None, which: str, mode: str) -> LocalModel:
+    def _need(self, model: Model | None, which: str, mode: str) -> Model:
         if model is None:
             raise InvalidArgumentError(f"mode {mode!r} needs a {which} model, but this Nudger was built without one")
         return model
 
-    def _models(self) -> dict[str, LocalModel]:
+    def _models(self) -> dict[str, Model]:
         return {name: m for name, m in (("base", self.base), ("nudger", self.nudger)) if m is not None}
 
     def _stats(
-        self, spans: list[Span], rounds: int, work: dict[str, dict[str, int]], seconds: float
+        self, spans: list[Span], state: engine.EngineState, work: dict[str, dict[str, int]], seconds: float
     ) -> GenerationStats:
         nudged_words, total_words = count_words(spans)
         counter = self.base or self.nudger
         answer_tokens = counter.count_tokens("".join(s.text for s in spans))
         nudged_tokens = sum(counter.count_tokens(s.text) for s in spans if s.source == "nudger")
         return GenerationStats(
-            rounds=rounds,
+            rounds=state.rounds,
             nudged_words=nudged_words,
             total_words=total_words,
             nudged_word_fraction=nudged_words / total_words if total_words else 0.0,
@@ -204,6 +237,8 @@ class Nudger:
             nudged_base_tokens=nudged_tokens,
             models=work,
             seconds=seconds,
+            word_checks=state.word_checks,
+            paper_requests=state.paper_requests(),
         )
 
 
@@ -223,17 +258,16 @@ def _tap(
             return
 
 
+def _finishing(pieces: Iterator[Span], models: list[Model]) -> Iterator[Span]:
+    """The engine's pieces; at the end (or when the caller stops early) every model releases what it holds."""
+    try:
+        yield from pieces
+    finally:
+        pieces.close()
+        for model in models:
+            model.finish()
+
+
 def _check_mode(mode: str) -> None:
     if mode not in MODES:
         raise InvalidArgumentError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
-
-
-def _copy(counters: ModelCounters) -> ModelCounters:
-    return ModelCounters(counters.forward_passes, counters.tokens_processed)
-
-
-def _difference(after: ModelCounters, before: ModelCounters) -> dict[str, int]:
-    return {
-        "forward_passes": after.forward_passes - before.forward_passes,
-        "tokens_processed": after.tokens_processed - before.tokens_processed,
-    }

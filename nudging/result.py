@@ -16,8 +16,10 @@ class GenerationStats:
     nudged_word_fraction: float
     answer_base_tokens: int
     nudged_base_tokens: int
-    models: dict[str, dict[str, int]] = field(default_factory=dict)  # forward passes and tokens per model
+    models: dict[str, dict[str, int]] = field(default_factory=dict)  # work per model: passes and tokens, or requests
     seconds: float = 0.0
+    word_checks: int = 0  # base queries at word boundaries
+    paper_requests: int = 0  # requests the authors' code would send for this answer (one per 16 base tokens)
 
     @property
     def nudged_token_fraction(self) -> float:

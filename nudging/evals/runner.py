@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import queue
 import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from nudging.errors import InvalidArgumentError, PromptTooLongError
 from nudging.evals import scoring, store
@@ -20,9 +23,11 @@ from nudging.evals.judge import Judge
 from nudging.evals.tasks import TASK_NAMES, Task, get_task, load_examples, select
 from nudging.evals.sources import DataUnavailableError
 from nudging.nudger import MODES, Nudger
+from nudging.remote.spec import is_remote
 
 RESULT_VERSION = 1  # bump when prompts or scoring change, so old results are not mixed with new ones
 ENDED_BY_ITSELF = ("eos", "nudger_eos")
+LATER_FIELDS = ("base_protocol",)  # left out of the key while unset, so older result files keep their names
 
 
 @dataclass(frozen=True)
@@ -40,10 +45,12 @@ class RunSettings:
     dtype: str
     data: str | None = None
     version: int = RESULT_VERSION
+    base_protocol: str | None = None  # "chunked" only: the one remote protocol whose answers can differ
 
     @property
     def key(self) -> str:
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:10]
+        fields = {k: v for k, v in asdict(self).items() if not (k in LATER_FIELDS and v is None)}
+        return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:10]
 
     @property
     def stem(self) -> str:
@@ -66,6 +73,8 @@ class EvalRequest:
     device: str = "auto"
     data: dict[str, str] = field(default_factory=dict)
     judge: Judge | None = None
+    remote: dict[str, Any] = field(default_factory=dict)  # Nudger.from_pretrained's options for remote models
+    concurrency: int = 1  # items answered at once (each on its own replica: useful with remote models)
 
     def settings(self, task: str, method: str) -> RunSettings:
         uses_base = method in ("base", "nudging")
@@ -77,6 +86,8 @@ class EvalRequest:
             gamma=self.gamma if method == "nudging" else None,
             lookahead=self.lookahead if method == "nudging" else None,
             max_new_tokens=self.max_new_tokens, seed=self.seed, dtype=self.dtype, data=self.data.get(task),
+            base_protocol="chunked" if uses_base and is_remote(self.base)
+            and self.remote.get("remote_protocol") == "chunked" else None,
         )
 
 
@@ -96,6 +107,8 @@ def check_request(request: EvalRequest) -> None:
     for method in request.methods:
         if method not in MODES:
             raise InvalidArgumentError(f"--method must be one of {', '.join(MODES)}, got {method!r}")
+    if request.concurrency < 1:
+        raise InvalidArgumentError(f"--concurrency must be at least 1, got {request.concurrency}")
     if request.limit is not None and request.limit < 1:
         raise InvalidArgumentError(f"--limit must be at least 1, got {request.limit}")
     for task in request.data:
@@ -109,17 +122,35 @@ class LazyNudger:
     def __init__(self, request: EvalRequest) -> None:
         self.request = request
         self._nudger: Nudger | None = None
+        self._replicas: queue.Queue[Nudger] = queue.Queue()
+        self._loading = threading.Lock()
 
     def get(self) -> Nudger:
+        with self._loading:
+            return self._load()
+
+    def _load(self) -> Nudger:
         if self._nudger is None:
             methods = set(self.request.methods)
             mode = "nudging" if "nudging" in methods or methods >= {"base", "nudger"} else methods.pop()
             self._nudger = Nudger.from_pretrained(
                 self.request.base, self.request.nudger, gamma=self.request.gamma, lookahead=self.request.lookahead,
                 max_new_tokens=self.request.max_new_tokens, dtype=self.request.dtype, device=self.request.device,
-                mode=mode,
+                mode=mode, **self.request.remote,
             )
+            self._replicas.put(self._nudger)
+            for _ in range(self.request.concurrency - 1):
+                self._replicas.put(self._nudger.replica())
         return self._nudger
+
+    def answer(self, task: Task, example: Example, method: str) -> dict[str, Any]:
+        """answer_row on a free replica (one generation per replica at a time)."""
+        self.get()
+        replica = self._replicas.get()
+        try:
+            return answer_row(task, example, method, replica, self.request)
+        finally:
+            self._replicas.put(replica)
 
 
 def score(task: Task, example: Example, prediction: str, judge: Judge | None) -> dict[str, Any]:
@@ -212,10 +243,8 @@ def run(request: EvalRequest, on_progress: Progress | None = None, warn: Callabl
             label = f"{name} · {method}"
             if on_progress:
                 on_progress(label, done, len(chosen), correct)
-            for example in chosen:
-                if example.id in finished:
-                    continue
-                row = answer_row(task, example, method, nudger.get(), request)
+            pending = [example for example in chosen if example.id not in finished]
+            for row in _answers(nudger, task, pending, method, request.concurrency):
                 store.append_row(path, row)
                 done += 1
                 correct += bool(row.get("correct"))
@@ -224,3 +253,20 @@ def run(request: EvalRequest, on_progress: Progress | None = None, warn: Callabl
             paths.append(path)
     return paths
 
+
+
+def _answers(nudger: LazyNudger, task: Task, examples: list[Example], method: str, concurrency: int) -> Iterator[dict]:
+    """Rows in the order they finish; with concurrency > 1, that many items are answered at once. An error
+    stops the rest (rows already yielded are kept)."""
+    if concurrency == 1:
+        for example in examples:
+            yield nudger.answer(task, example, method)
+        return
+    with ThreadPoolExecutor(concurrency, thread_name_prefix="nudging-eval") as executor:
+        futures = [executor.submit(nudger.answer, task, example, method) for example in examples]
+        try:
+            for future in as_completed(futures):
+                yield future.result()
+        finally:
+            for future in futures:
+                future.cancel()

@@ -14,17 +14,19 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 
 from nudging import prompts
+from nudging.backend import LocalModel
 from nudging.config import SamplingConfig
 from nudging.errors import NudgingError, PromptTooLongError
 from nudging.serve.protocol import (
     APIError,
     ChatCompletionRequest,
     CompletionRequest,
+    TokenizeRequest,
     new_id,
     now,
     validation_error,
 )
-from nudging.serve.logprobs import score_completion
+from nudging.serve.logprobs import generated_tokens, score_completion
 from nudging.serve.service import Finished, Job, Service
 from nudging.text import Span
 
@@ -64,7 +66,7 @@ def create_app(service: Service, settings: ServerSettings) -> FastAPI:
 
     @app.middleware("http")
     async def guard(request: Request, call_next):
-        if request.url.path.startswith("/v1/"):
+        if request.url.path.startswith("/v1/") or request.url.path == "/tokenize":
             try:
                 _check_key(request, settings.api_key)
                 length = _content_length(request)
@@ -87,7 +89,17 @@ def create_app(service: Service, settings: ServerSettings) -> FastAPI:
     @app.get("/v1/models")
     async def list_models() -> dict[str, Any]:
         return {"object": "list", "data": [
-            {"id": settings.model_name, "object": "model", "created": now(), "owned_by": "nudging"}]}
+            {"id": settings.model_name, "object": "model", "created": now(), "owned_by": "nudging",
+             "max_model_len": _context_length(service)}]}
+
+    @app.post("/tokenize")
+    async def tokenize(body: TokenizeRequest) -> dict[str, Any]:
+        """vLLM's tokenize endpoint, with the base model's tokenizer (the nudger's when there is no base)."""
+        _check_model(body.model, settings)
+        model = service.template.base or service.template.nudger
+        ids = model.tokenize(body.prompt) if body.add_special_tokens else model.tokenizer(
+            body.prompt, add_special_tokens=False)["input_ids"]
+        return {"tokens": list(ids), "count": len(ids), "max_model_len": model.context_length}
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request):
@@ -178,20 +190,28 @@ async def _respond(service: Service, job: Job, body, request: Request, settings:
     return JSONResponse({**payload, "usage": usage, "nudging": finished.nudging_info()})
 
 
-async def _scored(service: Service, job: Job, body: CompletionRequest, settings: ServerSettings) -> JSONResponse:
-    """A completion with top-1 logprobs (and the prompt's, with echo): one model, not streamed."""
+async def _scored(service: Service, job: Job, body: CompletionRequest, settings: ServerSettings):
+    """A completion with top-1 logprobs (and the prompt's, with echo): one model; streamed one token per chunk."""
     if job.mode == "nudging":
         raise APIError(422, "logprobs and echo come from one model: serve with --mode base|nudger, or send "
                             "nudging: false", param="logprobs" if body.logprobs is not None else "echo",
                        code="unsupported_parameter")
-    if body.stream:
-        raise APIError(422, "logprobs and echo are not streamed; send stream: false", param="stream",
-                       code="unsupported_parameter")
+    if body.stream and (body.echo or job.stops):
+        raise APIError(422, "a stream with logprobs takes neither echo nor stop strings; send stream: false",
+                       param="echo" if body.echo else "stop", code="unsupported_parameter")
 
-    def work(replica):
+    def model_of(replica) -> LocalModel:
         model = replica.base if job.mode == "base" else replica.nudger
         model.sampling = job.sampling
         model.reset_sampling()
+        return model
+
+    if body.stream:
+        return StreamingResponse(_scored_events(service, job, body, settings, model_of),
+                                 media_type="text/event-stream")
+
+    def work(replica):
+        model = model_of(replica)
         return len(model.tokenize(job.base_prompt)), score_completion(
             model, job.base_prompt, job.max_tokens, body.echo, job.stops)
 
@@ -200,6 +220,36 @@ async def _scored(service: Service, job: Job, body: CompletionRequest, settings:
               "logprobs": scored.to_openai() if body.logprobs is not None else None}
     return JSONResponse({**_frame(settings, chat=False), "object": "text_completion", "choices": [choice],
                          "usage": _usage_counts(prompt_tokens, scored.completion_tokens)})
+
+
+async def _scored_events(service: Service, job: Job, body: CompletionRequest, settings: ServerSettings, model_of):
+    """One chunk per generated token with its logprobs (text_offset counts from the prompt's end), then one
+    with the finish reason. Closing the stream stops the decoding."""
+    frame = {**_frame(settings, chat=False), "object": "text_completion"}
+    ending: dict[str, str] = {}
+
+    def work(replica, put, cancelled) -> None:
+        for token in generated_tokens(model_of(replica), job.base_prompt, job.max_tokens, ending):
+            put(token)
+            if cancelled.is_set():
+                return
+
+    items = service.threaded(work)
+    offset = 0
+    try:
+        async for token in items:
+            logprobs = {"tokens": [token.text], "token_logprobs": [token.logprob], "top_logprobs": [token.top],
+                        "text_offset": [offset]}
+            offset += len(token.text)
+            choice = {"index": 0, "text": token.text, "finish_reason": None, "logprobs": logprobs}
+            yield "data: " + json.dumps({**frame, "choices": [choice]}) + "\n\n"
+        choice = {"index": 0, "text": "", "finish_reason": ending.get("finish_reason", "length"), "logprobs": None}
+        yield "data: " + json.dumps({**frame, "choices": [choice]}) + "\n\n"
+    except Exception as error:  # the status line is gone: report in the stream
+        yield "data: " + json.dumps(APIError(500, f"{type(error).__name__}: {error}", "server_error").body) + "\n\n"
+    finally:
+        await items.aclose()
+    yield "data: [DONE]\n\n"
 
 
 async def _first(pieces: AsyncIterator[Span | Finished]) -> Span | Finished:
@@ -259,6 +309,11 @@ async def _events(first, pieces, frame, chat: bool, include_usage: bool, service
     finally:
         await pieces.aclose()  # a client that went away stops its generation here
     yield "data: [DONE]\n\n"
+
+
+def _context_length(service: Service) -> int | None:
+    lengths = [m.context_length for m in (service.template.base, service.template.nudger) if m is not None]
+    return min((n for n in lengths if n), default=None)
 
 
 def _usage(service: Service, job: Job, finished: Finished) -> dict[str, int]:

@@ -1,14 +1,29 @@
 """Completions with top-1 log-probabilities (and the prompt's, with echo) from one model: what an API backend
-needs from a server (`--mode base|nudger`)."""
+needs from a server (`--mode base|nudger`).
+
+Token strings are pieces in context (what the token adds to the text before it), so a client can compare them
+with its own text; the top-1 string of a position is likewise the piece that token would add there.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Iterator
 
 import torch
 
 from nudging.backend import LocalModel, Run
 from nudging.errors import ContextWindowFull
+from nudging.pieces import decode, text_after
+
+WINDOW = 4  # tokens of context used to decode one piece
+
+
+@dataclass
+class ScoredToken:
+    text: str
+    logprob: float | None
+    top: dict[str, float] | None
 
 
 @dataclass
@@ -21,12 +36,12 @@ class ScoredText:
     finish_reason: str = "length"
     completion_tokens: int = 0
 
-    def add(self, token_text: str, logprob: float | None, top: dict[str, float] | None) -> None:
+    def add(self, token: ScoredToken) -> None:
         self.text_offset.append(len(self.text))
-        self.text += token_text
-        self.tokens.append(token_text)
-        self.token_logprobs.append(logprob)
-        self.top_logprobs.append(top)
+        self.text += token.text
+        self.tokens.append(token.text)
+        self.token_logprobs.append(token.logprob)
+        self.top_logprobs.append(token.top)
 
     def cut(self, length: int) -> None:
         """Keep the text up to `length` characters and the tokens that start before it."""
@@ -40,54 +55,75 @@ class ScoredText:
                 "text_offset": self.text_offset}
 
 
-def _token_text(model: LocalModel, token: int) -> str:
-    return model.tokenizer.decode([token], skip_special_tokens=True)
+def _piece_after(model: LocalModel, ids: list[int], token: int) -> str:
+    context = ids[-WINDOW:]
+    return text_after(decode(model.tokenizer, context + [token]), decode(model.tokenizer, context))
 
 
-def _prompt_pieces(model: LocalModel, ids: list[int]) -> list[str]:
-    """Each prompt token's share of the decoded prompt text (decoding tokens one by one loses spaces)."""
-    pieces, previous = [], ""
-    for end in range(1, len(ids) + 1):
-        text = model.tokenizer.decode(ids[:end], skip_special_tokens=True)
-        if text.startswith(previous):
-            pieces.append(text[len(previous):])
-            previous = text
-        else:
-            pieces.append(_token_text(model, ids[end - 1]))
-            previous += pieces[-1]
+def _prompt_pieces(model: LocalModel, prompt: str, count: int) -> list[str]:
+    """Each prompt token's share of the prompt text, so that the pieces join to the prompt exactly: a token
+    takes the text up to the end of its span (special tokens, with empty spans, take none)."""
+    try:
+        spans = model.tokenizer(prompt, return_offsets_mapping=True)["offset_mapping"]
+    except (NotImplementedError, ValueError, KeyError):  # slow tokenizers have no offsets: all text on the last
+        return [""] * (count - 1) + [prompt]
+    pieces, taken = [], 0
+    for _, end in spans:
+        pieces.append(prompt[taken:end] if end > taken else "")
+        taken = max(taken, end)
+    pieces[-1] += prompt[taken:]
     return pieces
 
 
-def score_completion(model: LocalModel, prompt: str, max_tokens: int, echo: bool, stops: list[str]) -> ScoredText:
-    """Decode with the model's sampling settings; every token comes with its log-probability and the top-1."""
+def _scored(model: LocalModel, ids: list[int], row: torch.Tensor, token: int, text: str) -> ScoredToken:
+    best = int(torch.argmax(row))
+    return ScoredToken(text, float(row[token]), {_piece_after(model, ids, best): float(row[best])})
+
+
+def prompt_tokens(model: LocalModel, prompt: str) -> list[ScoredToken]:
+    """The prompt's tokens, each with its log-probability given the tokens before it (the first has none)."""
     ids = model.tokenize(prompt)
-    scored = ScoredText()
-    if echo:
-        logprobs = torch.log_softmax(model.logits_from(ids, 0), dim=-1)
-        for position, (token, piece) in enumerate(zip(ids, _prompt_pieces(model, ids))):
-            if position == 0:
-                scored.add(piece, None, None)
-                continue
-            row = logprobs[position - 1]
-            best = int(torch.argmax(row))
-            scored.add(piece, float(row[token]), {_token_text(model, best): float(row[best])})
-    start = len(scored.text)
-    run = Run(model, list(ids))
+    logprobs = torch.log_softmax(model.logits_from(ids, 0), dim=-1)
+    scored = []
+    for position, (token, piece) in enumerate(zip(ids, _prompt_pieces(model, prompt, len(ids)))):
+        if position == 0:
+            scored.append(ScoredToken(piece, None, None))
+        else:
+            scored.append(_scored(model, ids[:position], logprobs[position - 1], token, piece))
+    return scored
+
+
+def generated_tokens(model: LocalModel, prompt: str, max_tokens: int, ending: dict[str, str]) -> Iterator[ScoredToken]:
+    """Decode with the model's sampling settings, one scored token at a time; sets ending["finish_reason"]
+    to "stop" at EOS, else "length" (the budget or the context window is used up)."""
+    ending["finish_reason"] = "length"
+    run = Run(model, model.tokenize(prompt))
     try:
         for _ in range(max_tokens):
             logits = model.logits_from(run.ids, len(run.ids) - 1)[0]
-            row = torch.log_softmax(logits, dim=-1)
-            best = int(torch.argmax(row))
             choice = model.choose(logits, run.ids, run.detokenizer)
             if choice.is_eos:
-                scored.finish_reason = "stop"
-                break
+                ending["finish_reason"] = "stop"
+                return
+            ids = list(run.ids)
             piece = run.append(choice.token)
-            scored.add(piece, float(row[choice.token]),
-                       {_token_text(model, best): float(row[best])})
-            scored.completion_tokens += 1
+            yield _scored(model, ids, torch.log_softmax(logits, dim=-1), choice.token, piece)
     except ContextWindowFull:
-        scored.finish_reason = "length"
+        return
+
+
+def score_completion(model: LocalModel, prompt: str, max_tokens: int, echo: bool, stops: list[str]) -> ScoredText:
+    """A whole completion with its logprobs (and the prompt's, with echo), cut at the first stop string."""
+    scored = ScoredText()
+    if echo:
+        for token in prompt_tokens(model, prompt):
+            scored.add(token)
+    start = len(scored.text)
+    ending: dict[str, str] = {}
+    for token in generated_tokens(model, prompt, max_tokens, ending):
+        scored.add(token)
+        scored.completion_tokens += 1
+    scored.finish_reason = ending["finish_reason"]
     found = [i for i in (scored.text.find(s, start) for s in stops) if i >= 0]
     if found:
         scored.cut(min(found))

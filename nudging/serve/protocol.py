@@ -109,3 +109,13 @@ def new_id(prefix: str) -> str:
 
 def now() -> int:
     return int(time.time())
+
+
+class TokenizeRequest(BaseModel):
+    """vLLM's /tokenize body (prompt form)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str | None = None
+    prompt: str
+    add_special_tokens: bool = True

@@ -118,54 +118,73 @@ class Service:
 
     async def generate(self, job: Job) -> AsyncIterator[Span | Finished]:
         """Yield the pieces a client may see, then one Finished. Closing the iterator stops the generation."""
-        replica = await self._acquire()
-        loop = asyncio.get_running_loop()
-        pieces: asyncio.Queue = asyncio.Queue()
-        cancelled = threading.Event()
-        finished = False
         scanner = StopScanner(job.stops)
+        finished = False
+        cancelled = threading.Event()
 
-        def put(item) -> None:
-            loop.call_soon_threadsafe(pieces.put_nowait, item)
+        def work(replica: Nudger, put: Callable[[object], None], cancelled: threading.Event) -> None:
+            for model in (replica.base, replica.nudger):
+                if model is not None:
+                    model.sampling = job.sampling
+            put(replica.generate(
+                base_prompt=job.base_prompt, nudger_prompt=job.nudger_prompt, mode=job.mode, gamma=job.gamma,
+                lookahead=job.lookahead, max_new_tokens=job.max_tokens, on_span=put, should_stop=cancelled.is_set,
+            ))
 
-        def work() -> None:
-            try:
-                for model in (replica.base, replica.nudger):
-                    if model is not None:
-                        model.sampling = job.sampling
-                result = replica.generate(
-                    base_prompt=job.base_prompt, nudger_prompt=job.nudger_prompt, mode=job.mode,
-                    gamma=job.gamma, lookahead=job.lookahead, max_new_tokens=job.max_tokens, on_span=put,
-                    should_stop=cancelled.is_set,
-                )
-                put(result)
-            except BaseException as error:  # handed to the request that asked, never lost in the thread
-                put(error)
-            finally:
-                loop.call_soon_threadsafe(self._release, replica)
-
-        threading.Thread(target=work, name="nudging-generation", daemon=True).start()
+        items = self.threaded(work, cancelled)
         try:
-            while True:
-                item = await pieces.get()
+            async for item in items:
                 if isinstance(item, Span):
                     for piece in scanner.feed(item):
                         yield piece
                     if scanner.stopped:
-                        cancelled.set()
+                        cancelled.set()  # the engine ends with stop reason "stop" and still reports
                 elif isinstance(item, GenerationResult):
                     for piece in scanner.flush():
                         yield piece
-                    spans = _cut(item.spans, scanner.sent)
                     finished = True
-                    yield _finished(spans, item, scanner.stopped)
+                    yield _finished(_cut(item.spans, scanner.sent), item, scanner.stopped)
                     return
-                else:
-                    finished = True
-                    raise item
         finally:
-            if not finished and not cancelled.is_set():
+            if not finished and not scanner.stopped:
                 self.client_gone += 1
+            await items.aclose()
+
+    async def threaded(
+        self,
+        work: Callable[[Nudger, Callable[[object], None], threading.Event], None],
+        cancelled: threading.Event | None = None,
+    ) -> AsyncIterator[object]:
+        """Run `work(replica, put, cancelled)` in a worker thread and yield what it puts, as it puts it.
+
+        Closing the iterator sets `cancelled`, which the work checks to stop early; an error in the work is
+        raised here, never lost in the thread.
+        """
+        replica = await self._acquire()
+        loop = asyncio.get_running_loop()
+        items: asyncio.Queue = asyncio.Queue()
+        cancelled = cancelled or threading.Event()
+        end = object()
+
+        def put(item: object) -> None:
+            loop.call_soon_threadsafe(items.put_nowait, item)
+
+        def run() -> None:
+            try:
+                work(replica, put, cancelled)
+                put(end)
+            except BaseException as error:
+                put(_Failure(error))
+            finally:
+                loop.call_soon_threadsafe(self._release, replica)
+
+        threading.Thread(target=run, name="nudging-generation", daemon=True).start()
+        try:
+            while (item := await items.get()) is not end:
+                if isinstance(item, _Failure):
+                    raise item.error
+                yield item
+        finally:
             cancelled.set()
 
     async def call(self, work: Callable[[Nudger], T]) -> T:
@@ -193,6 +212,11 @@ class Service:
         self.admitted -= 1
         self.running -= 1
         self._pool().put_nowait(replica)
+
+
+@dataclass
+class _Failure:
+    error: BaseException
 
 
 def _cut(spans: list[Span], length: int) -> list[Span]:

@@ -1,0 +1,1 @@
+"""Models behind OpenAI-compatible completion servers (vLLM, SGLang, llama-cpp-python, `nudging serve`)."""

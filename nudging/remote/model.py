@@ -1,0 +1,387 @@
+"""A model behind an OpenAI-compatible /v1/completions endpoint, with the interface the engine uses.
+
+The spec's runs map onto requests (NUDGING_SPEC.md, "Tokenization semantics"), so remote answers equal local
+ones:
+- `greedy(x, n)`, the nudger's lookahead, is one request with max_tokens n; finish_reason "stop" means EOS.
+- A base query at a word boundary is the first token of a request streamed from that text with top-1
+  logprobs ("per-word"). If the base takes over there, the same stream is the base stage: it is read until the
+  first token below gamma and then closed, which tells the server to stop.
+- "echo": where the server returns the prompt's logprobs, the word boundaries of one lookahead are checked in
+  one request (prompt = the longest query). Queries whose tokens are not a prefix of the longest's, or whose
+  top-1 string is ambiguous, are checked per word. The stage is then a stream from the takeover text.
+- "chunked" stages, for servers that cannot stream logprobs: 16-token requests, each from the re-tokenized
+  text so far, as the authors' code does. That can differ from the spec; stats count the re-tokenizations.
+
+The model's tokenizer is loaded locally (from the model name, or a spec given as `tokenizer`): the nudger
+needs its chat template, the base counts the answer budget and aligns echoed tokens with it.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from copy import deepcopy
+from dataclasses import asdict, dataclass
+from typing import Any, Iterator, Literal, Sequence
+
+from nudging.backend import Choice, TokenizedModel
+from nudging.config import SamplingConfig
+from nudging.errors import ContextWindowFull, RemoteError
+from nudging.remote.client import ClientSettings, CompletionClient, StreamBroken
+
+Protocol = Literal["auto", "echo", "per-word", "chunked"]
+PROTOCOLS = ("auto", "echo", "per-word", "chunked")
+CHUNK_TOKENS = 16  # the authors' code asks the base for 16 tokens at a time
+PROBE_PROMPT = "The capital of France is"
+EOS_CHOICE = Choice(-1, math.nan, "", True)
+
+
+@dataclass
+class RemoteCounters:
+    """Work a remote model was asked for: requests by kind and tokens read back."""
+
+    requests: int = 0  # completion requests, all kinds
+    streamed_requests: int = 0
+    echo_requests: int = 0  # requests that checked several word boundaries at once
+    tokens_received: int = 0  # generated tokens read from responses (including those read past a cut)
+    resumed_streams: int = 0  # streams that broke and were asked again, skipping what had been read
+    chunked_requests: int = 0  # base requests for 16 tokens at a time (servers that cannot stream logprobs)
+    retokenized_chunks: int = 0  # base stage requests that restarted from re-tokenized text (chunked, or max_tokens)
+    echo_mismatches: int = 0  # takeover tokens where the stage stream disagreed with the echo
+
+    def to_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What the probe found the server can do, and what its requests cost."""
+
+    served: tuple[str, ...]
+    owned_by: str
+    context_length: int | None
+    logprobs: bool = False
+    stream_logprobs: bool = False
+    echo_layout: str | None = None  # "aligned": entry i predicts prompt token i; "shifted": entry i follows it
+    request_seconds: float = 0.0  # one 1-token request with logprobs
+    echo_seconds_per_token: float = math.inf  # extra time per echoed prompt token
+
+
+@dataclass
+class _Token:
+    piece: str
+    top1_prob: float
+
+
+def _top1_prob(logprob: float | None, top: dict[str, float] | None) -> float:
+    values = [v for v in (top or {}).values() if v is not None] + ([logprob] if logprob is not None else [])
+    return math.exp(max(values)) if values else math.nan
+
+
+def tokens_of(text: str, logprobs: dict[str, Any] | None) -> list[_Token]:
+    """The tokens of one response or chunk: each token's piece and top-1 probability.
+
+    Servers may hold back a multi-byte character and send it with a later token, and some drop the bytes of a
+    partial character from token strings; where the token strings do not add up to the text, the text goes to
+    the last token.
+    """
+    strings = (logprobs or {}).get("tokens") or []
+    if not strings:
+        return [_Token(text, math.nan)] if text else []
+    values = logprobs.get("token_logprobs") or [None] * len(strings)
+    tops = logprobs.get("top_logprobs") or [None] * len(strings)
+    probs = [_top1_prob(v, t) for v, t in zip(values, tops)]
+    pieces = list(strings) if "".join(strings) == text else [""] * (len(strings) - 1) + [text]
+    return [_Token(piece, prob) for piece, prob in zip(pieces, probs)]
+
+
+class RemoteModel(TokenizedModel):
+    """A model on a server, driven through runs like a LocalModel."""
+
+    def __init__(
+        self,
+        client: CompletionClient,
+        model: str,
+        tokenizer: Any,
+        capabilities: Capabilities,
+        *,
+        name: str = "model",
+        sampling: SamplingConfig | None = None,
+        protocol: Protocol = "auto",
+        stage_tokens: int = 512,
+        extra_body: dict[str, Any] | None = None,
+    ) -> None:
+        self.client = client
+        self.remote_name = model
+        self.tokenizer = tokenizer
+        self.capabilities = capabilities
+        self.name = name
+        self.sampling = sampling or SamplingConfig()
+        self.protocol = protocol
+        self.stage_tokens = stage_tokens  # max_tokens of a streamed base stage; the engine cuts it far earlier
+        self.extra_body = dict(extra_body or {})
+        self.context_length = capabilities.context_length
+        self.counters = RemoteCounters()
+        self.eos_strings = _eos_strings(tokenizer)
+        self._special_strings = sorted(set(getattr(tokenizer, "all_special_tokens", []) or []), key=len, reverse=True)
+        self._open: RemoteRun | None = None
+
+    def replica(self) -> "RemoteModel":
+        """Another handle on the same server, with its own counters and open stream (one per generation)."""
+        return RemoteModel(
+            self.client, self.remote_name, deepcopy(self.tokenizer), self.capabilities, name=self.name,
+            sampling=self.sampling, protocol=self.protocol, stage_tokens=self.stage_tokens, extra_body=self.extra_body,
+        )
+
+    @property
+    def stage_protocol(self) -> str:
+        return "chunked" if self.protocol == "chunked" or not self.capabilities.stream_logprobs else "stream"
+
+    def reset_sampling(self) -> None:
+        """Sampling happens on the server (its `seed` makes it reproducible)."""
+
+    def finish(self) -> None:
+        """Close the stream still open at the end of a generation."""
+        if self._open is not None:
+            self._open.close()
+            self._open = None
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} ({self.remote_name} at {self.client.base_url})"
+
+    # --- requests -------------------------------------------------------------------------------------------
+    def body(self, prompt: str, max_tokens: int, **fields: Any) -> dict[str, Any]:
+        body: dict[str, Any] = {"model": self.remote_name, "prompt": prompt, "max_tokens": max_tokens,
+                                "temperature": self.sampling.temperature, **self.extra_body, **fields}
+        if self.sampling.top_p < 1.0:
+            body["top_p"] = self.sampling.top_p
+        if self.sampling.seed is not None:
+            body["seed"] = self.sampling.seed
+        return body
+
+    def complete(self, body: dict[str, Any]) -> dict[str, Any]:
+        self.finish()  # one request at a time per generation: a stream left open is done with
+        self.counters.requests += 1
+        if body.get("echo"):
+            self.counters.echo_requests += 1
+        return self.client.complete(body)
+
+    def stream(self, body: dict[str, Any], run: "RemoteRun") -> Iterator[dict[str, Any]]:
+        if self._open is not run:
+            self.finish()
+        self._open = run
+        self.counters.requests += 1
+        self.counters.streamed_requests += 1
+        return self.client.stream(body)
+
+    # --- the engine's interface -----------------------------------------------------------------------------
+    def start_run(self, text: str) -> "RemoteRun":
+        """A run for plain decoding (single-model modes): streamed without logprobs, ends at its budget."""
+        return RemoteRun(self, text, probabilities=False)
+
+    def greedy(self, text: str, max_tokens: int) -> tuple[str, bool]:
+        """greedy(x, n) of the spec in one request; returns (its text, hit EOS)."""
+        choice = self.complete(self.body(text, max_tokens))["choices"][0]
+        out = choice.get("text") or ""
+        self.counters.tokens_received += self.count_tokens(out) if out else 0
+        return out, choice.get("finish_reason") == "stop"
+
+    def choices_at_prefixes(self, texts: Sequence[str]) -> Iterator[tuple["RemoteRun", Choice]]:
+        """The base's next token after each text, in order; the engine stops asking at the first takeover,
+        whose run continues as the base stage."""
+        known = self._echo_choices(texts) if self._use_echo(texts) else [None] * len(texts)
+        for text, choice in zip(texts, known):
+            run = RemoteRun(self, text, probabilities=True, expected=choice)
+            yield run, choice if choice is not None else run.next_choice()
+
+    # --- echo: several word boundaries in one request -------------------------------------------------------
+    def _use_echo(self, texts: Sequence[str]) -> bool:
+        caps = self.capabilities
+        if len(texts) < 2 or caps.echo_layout is None or self.protocol in ("per-word", "chunked"):
+            return False
+        if self.protocol == "echo":
+            return True
+        # auto: the cheaper by the probe's timings. Per word, the check that takes over is also the stage.
+        longest = len(self.tokenize(texts[-1]))
+        echo = 2 * caps.request_seconds + longest * caps.echo_seconds_per_token
+        per_word = caps.request_seconds * (len(texts) + 1) / 2
+        return echo < per_word
+
+    def _echo_choices(self, texts: Sequence[str]) -> list[Choice | None]:
+        """Choices read from one echoed request; None where a text must be checked with its own request."""
+        token_ids = [self.tokenize(text) for text in texts]
+        longest = token_ids[-1]
+        aligned = [len(ids) <= len(longest) and longest[: len(ids)] == ids for ids in token_ids]
+        payload = self.complete(self.body(texts[-1], 1, echo=True, logprobs=1, temperature=0.0))
+        choice = payload["choices"][0]
+        rows = _echo_rows(choice.get("logprobs"))
+        if rows is None or not self._echo_matches(rows[0], len(longest), texts[-1]):
+            return [None] * len(texts)
+        strings, tops = rows
+        results: list[Choice | None] = []
+        for ids, ok in zip(token_ids, aligned):
+            index = len(ids) if self.capabilities.echo_layout == "aligned" else len(ids) - 1
+            if not ok:
+                results.append(None)
+            elif index >= len(tops) or tops[index] is None:
+                # After the whole prompt with nothing generated: the top-1 there was EOS.
+                generated = (choice.get("text") or "")[len(texts[-1]):]
+                ended = index == len(longest) and choice.get("finish_reason") == "stop" and not generated
+                results.append(EOS_CHOICE if ended else None)
+            else:
+                piece, logprob = max(tops[index].items(), key=lambda item: item[1])
+                if piece == "":  # EOS or a partial character: ask directly
+                    results.append(None)
+                elif piece in self.eos_strings:
+                    results.append(Choice(-1, math.exp(logprob), "", True))
+                else:
+                    results.append(Choice(0, math.exp(logprob), piece, False))
+        return results
+
+    def _echo_matches(self, strings: list[str], count: int, text: str) -> bool:
+        """Did the server tokenize the prompt as the local tokenizer did (same count, same text)?"""
+        if len(strings) < count:
+            return False
+        joined = "".join(strings[:count])
+        if joined == text:
+            return True
+        return any(joined.startswith(s) and joined[len(s):] == text for s in self._special_strings)
+
+
+def _echo_rows(logprobs: dict[str, Any] | None) -> tuple[list[str], list[dict[str, float] | None]] | None:
+    if not logprobs or not logprobs.get("tokens") or not logprobs.get("top_logprobs"):
+        return None
+    return list(logprobs["tokens"]), list(logprobs["top_logprobs"])
+
+
+def _eos_strings(tokenizer: Any) -> frozenset[str]:
+    strings = {getattr(tokenizer, "eos_token", None)}
+    return frozenset(s for s in strings if s)
+
+
+class RemoteRun:
+    """One spec run on a server: the text it started from, and the tokens read so far in order.
+
+    Tokens come from one stream (or 16-token chunks where logprobs cannot be streamed). A stream that breaks
+    is asked again and the tokens already read are skipped, which is exact for greedy decoding.
+    """
+
+    def __init__(self, model: RemoteModel, text: str, *, probabilities: bool, expected: Choice | None = None):
+        self.model = model
+        self.text = text
+        self.probabilities = probabilities
+        self.expected = expected  # the echo's choice for the first token, checked when it is read
+        self.written = ""  # text of the tokens appended so far
+        self._buffer: list[_Token] = []
+        self._read = 0  # tokens read from the current request
+        self._finish: str | None = None  # the current request's finish reason once it ended
+        self._chunks: Iterator[dict[str, Any]] | None = None
+        self._appended = 0
+
+    # --- the engine's interface -----------------------------------------------------------------------------
+    def next_choice(self) -> Choice:
+        token = self._peek()
+        if token is None:
+            return EOS_CHOICE
+        return Choice(self._appended, token.top1_prob, token.piece, False)
+
+    def append(self, token: int) -> str:
+        """Extend the run by its next token (the one next_choice returned); returns its piece."""
+        next_token = self._peek()
+        if next_token is None:
+            raise RemoteError(f"{self.model.client.base_url}: the server ended the run where a token was expected")
+        if self._appended == 0 and self.expected is not None and next_token.piece != self.expected.piece:
+            self.model.counters.echo_mismatches += 1
+        self._buffer.pop(0)
+        self._appended += 1
+        self.written += next_token.piece
+        return next_token.piece
+
+    def close(self) -> None:
+        if self._chunks is not None:
+            self._chunks.close()  # type: ignore[attr-defined]
+            self._chunks = None
+
+    # --- reading tokens -------------------------------------------------------------------------------------
+    def _peek(self) -> _Token | None:
+        """The next token of the run, reading more from the server as needed; None at EOS."""
+        while not self._buffer:
+            if self._finish is not None and self._finish != "length":
+                return None  # EOS (servers say "stop"; anything but "length" ends the run)
+            if self._chunks is None or self._finish == "length":
+                self._request()
+            self._read_chunk()
+        return self._buffer[0]
+
+    def _request(self) -> None:
+        """Start the run's next request: the first, or a continuation after the last one hit max_tokens."""
+        model = self.model
+        if self._finish == "length":
+            if not self.probabilities:  # plain decoding asked for its whole budget at once
+                raise ContextWindowFull(f"{model.name}: the run has used the max_tokens it asked for")
+            model.counters.retokenized_chunks += 1
+        self.close()
+        self._finish, self._read = None, 0
+        prompt = self.text + self.written
+        if self.probabilities and model.stage_protocol == "chunked":
+            self._chunks = self._fetch_chunk(prompt)
+        else:
+            self._chunks = self._stream(prompt)
+
+    def _stream(self, prompt: str) -> Iterator[dict[str, Any]]:
+        """Chunks of one streamed request, asked again (skipping what was read) if the stream breaks. Only
+        breaks in a row without a new token count against the retries."""
+        model = self.model
+        fields = {"logprobs": 1} if self.probabilities else {}
+        skip_tokens = skip_chars = 0
+        failures, read_at_break = 0, -1
+        while True:
+            chunks = model.stream(model.body(prompt, model.stage_tokens, **fields), self)
+            try:
+                for chunk in chunks:
+                    choice = (chunk.get("choices") or [{}])[0]
+                    tokens = tokens_of(choice.get("text") or "", choice.get("logprobs"))
+                    if self.probabilities:  # one entry per token: skip by count
+                        drop = min(skip_tokens, len(tokens))
+                        skip_tokens -= drop
+                        tokens = tokens[drop:]
+                    else:  # text only: skip by characters
+                        while tokens and skip_chars >= len(tokens[0].piece) > 0:
+                            skip_chars -= len(tokens.pop(0).piece)
+                    yield {"tokens": tokens, "finish_reason": choice.get("finish_reason")}
+                return
+            except StreamBroken as error:
+                failures = 1 if self._read > read_at_break else failures + 1
+                read_at_break = self._read
+                if not model.sampling.greedy or failures > model.client.settings.retries:
+                    raise RemoteError(f"{model.client.base_url}: a stream broke off ({error})") from None
+                model.counters.resumed_streams += 1
+                model.client.count_retry()
+                model.client.pause(failures - 1)
+                skip_tokens = self._read
+                skip_chars = len(self.written) + sum(len(t.piece) for t in self._buffer)
+            finally:
+                chunks.close()  # type: ignore[attr-defined]
+
+    def _fetch_chunk(self, prompt: str) -> Iterator[dict[str, Any]]:
+        model = self.model
+        model.counters.chunked_requests += 1
+        payload = model.complete(model.body(prompt, CHUNK_TOKENS, logprobs=1))
+        choice = payload["choices"][0]
+        yield {"tokens": tokens_of(choice.get("text") or "", choice.get("logprobs")),
+               "finish_reason": choice.get("finish_reason") or "length"}
+
+    def _read_chunk(self) -> None:
+        try:
+            chunk = next(self._chunks)  # type: ignore[arg-type]
+        except StopIteration:
+            self._finish = self._finish or "stop"
+            return
+        tokens = chunk["tokens"]
+        self._buffer.extend(tokens)
+        self._read += len(tokens)
+        self.model.counters.tokens_received += len(tokens)
+        if chunk["finish_reason"]:
+            self._finish = chunk["finish_reason"]
