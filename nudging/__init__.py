@@ -11,6 +11,7 @@ from nudging.errors import (
     NotCausalLMError,
     NudgingError,
     PromptTooLongError,
+    RemoteError,
 )
 from nudging.nudger import Nudger
 from nudging.result import GenerationResult, GenerationStats
@@ -27,6 +28,7 @@ __all__ = [
     "NudgingConfig",
     "NudgingError",
     "PromptTooLongError",
+    "RemoteError",
     "SamplingConfig",
     "Span",
 ]

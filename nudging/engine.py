@@ -55,6 +55,7 @@ def _rounds(
 
     while True:
         state.rounds += 1
+        base.finish()  # the base's last run is over (a remote base's stream is closed here)
         # 1. Lookahead: the nudger proposes up to L tokens.
         lookahead, nudger_done = nudger.greedy(nudger_prompt + state.answer, config.lookahead)
         if nudger_done:

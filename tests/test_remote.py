@@ -94,6 +94,7 @@ def test_remote_pair_gives_the_local_answers(servers, tiny_folders, local, proto
             assert got.stats.word_checks == expected.stats.word_checks
     work = got.stats.models["base"]
     assert work["requests"] >= 1 and work["resumed_streams"] == 0 and work["echo_mismatches"] == 0
+    assert work["prompt_tokens_sent"] > work["requests"]
     if protocol == "per-word":
         assert work["echo_requests"] == 0
     if protocol == "echo":
@@ -112,6 +113,24 @@ def test_mixed_local_and_remote_models_and_single_model_modes(servers, tiny_fold
             plain = remote(servers, tiny_folders).generate(question, mode=mode, max_new_tokens=12)
             assert same(plain, local.generate(question, mode=mode, max_new_tokens=12)), mode
             assert plain.stop_reason in ("eos", "length")
+
+
+def test_nudging_serve_in_front_of_remote_models(servers, tiny_folders, local):
+    """`nudging serve` whose base and nudger are themselves served elsewhere: chat page and API users get the
+    same answers as from local models."""
+    process, url = start_server(f"openai:tiny-base@{servers['base']}", f"openai:tiny-nudger@{servers['nudger']}",
+                                "--base-tokenizer", tiny_folders["base"], "--nudger-tokenizer", tiny_folders["nudger"],
+                                "--max-concurrency", "2")
+    try:
+        body = {"model": "nudging", "prompt": QUESTIONS[0], "max_tokens": 30, "gamma": 0.4}
+        answer = httpx.post(url + "/v1/completions", json=body, timeout=120).json()
+        expected = local.generate(base_prompt=QUESTIONS[0], nudger_prompt=QUESTIONS[0], gamma=0.4, max_new_tokens=30)
+        assert answer["choices"][0]["text"] == expected.text
+        assert answer["nudging"]["stats"]["models"]["base"]["requests"] >= 1
+        refused = httpx.post(url + "/v1/completions", json={**body, "nudging": False, "logprobs": 1}, timeout=60)
+        assert refused.status_code == 422 and "local model" in refused.json()["error"]["message"]
+    finally:
+        stop(process)
 
 
 def test_the_authors_chunked_protocol_is_counted(servers, tiny_folders, local):

@@ -42,6 +42,7 @@ class RemoteCounters:
     """Work a remote model was asked for: requests by kind and tokens read back."""
 
     requests: int = 0  # completion requests, all kinds
+    prompt_tokens_sent: int = 0  # prompt tokens of those requests (this model's tokenizer)
     streamed_requests: int = 0
     echo_requests: int = 0  # requests that checked several word boundaries at once
     tokens_received: int = 0  # generated tokens read from responses (including those read past a cut)
@@ -161,9 +162,13 @@ class RemoteModel(TokenizedModel):
             body["seed"] = self.sampling.seed
         return body
 
+    def _count(self, body: dict[str, Any]) -> None:
+        self.counters.requests += 1
+        self.counters.prompt_tokens_sent += len(self.tokenize(body["prompt"]))
+
     def complete(self, body: dict[str, Any]) -> dict[str, Any]:
         self.finish()  # one request at a time per generation: a stream left open is done with
-        self.counters.requests += 1
+        self._count(body)
         if body.get("echo"):
             self.counters.echo_requests += 1
         return self.client.complete(body)
@@ -172,7 +177,7 @@ class RemoteModel(TokenizedModel):
         if self._open is not run:
             self.finish()
         self._open = run
-        self.counters.requests += 1
+        self._count(body)
         self.counters.streamed_requests += 1
         return self.client.stream(body)
 

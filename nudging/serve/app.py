@@ -200,6 +200,10 @@ async def _scored(service: Service, job: Job, body: CompletionRequest, settings:
         raise APIError(422, "a stream with logprobs takes neither echo nor stop strings; send stream: false",
                        param="echo" if body.echo else "stop", code="unsupported_parameter")
 
+    if not isinstance(service.template.base if job.mode == "base" else service.template.nudger, LocalModel):
+        raise APIError(422, "logprobs and echo need a local model; this server forwards to a remote one",
+                       param="logprobs" if body.logprobs is not None else "echo", code="unsupported_parameter")
+
     def model_of(replica) -> LocalModel:
         model = replica.base if job.mode == "base" else replica.nudger
         model.sampling = job.sampling
