@@ -145,7 +145,7 @@ def print_report(report: dict) -> None:
     base, nudge = report["base_only"], report["nudging"]
     remote = "requests_per_answer_token" in nudge
     table = Table(title=f"nudging bench: {report['prompts']} prompts, max {report['max_new_tokens']} new tokens")
-    work = ("requests/token (ours)", "requests/token (paper's protocol)") if remote else (
+    work = ("requests/token", "paper's requests/token") if remote else (
         "base passes/token", "nudger passes/token")
     for column in ("method", "answer tokens", "seconds", "tokens/s", *work):
         table.add_column(column, justify="right" if column != "method" else "left")
