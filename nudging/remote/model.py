@@ -19,8 +19,6 @@ needs its chat template, the base counts the answer budget and aligns echoed tok
 from __future__ import annotations
 
 import math
-import threading
-import time
 from copy import deepcopy
 from dataclasses import asdict, dataclass
 from typing import Any, Iterator, Literal, Sequence
@@ -28,7 +26,7 @@ from typing import Any, Iterator, Literal, Sequence
 from nudging.backend import Choice, TokenizedModel
 from nudging.config import SamplingConfig
 from nudging.errors import ContextWindowFull, RemoteError
-from nudging.remote.client import ClientSettings, CompletionClient, StreamBroken
+from nudging.remote.client import CompletionClient, StreamBroken
 
 Protocol = Literal["auto", "echo", "per-word", "chunked"]
 PROTOCOLS = ("auto", "echo", "per-word", "chunked")
