@@ -125,7 +125,10 @@ def summarize(rows: list[dict], max_new_tokens: int) -> dict:
             "tokens_per_second": nudge_tokens / nudge_seconds if nudge_seconds else 0.0,
             "base_forward_passes_per_answer_token": passes["base"],
             "nudger_forward_passes_per_answer_token": passes["nudger"],
-            "nudged_token_fraction": sum(r["nudging"]["nudged_token_fraction"] for r in rows) / len(rows),
+            # weighted by answer length: the share of all answer tokens that the nudger wrote
+            "nudged_token_fraction": sum(
+                r["nudging"]["nudged_token_fraction"] * r["nudging"]["answer_tokens"] for r in rows
+            ) / max(nudge_tokens, 1),
             **({
                 "base_requests_per_answer_token": requests["base"],
                 "nudger_requests_per_answer_token": requests["nudger"],

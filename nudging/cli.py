@@ -162,7 +162,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         args.question, base_prompt=args.base_prompt, nudger_prompt=args.nudger_prompt, mode=args.mode, on_span=show
     )
     console.print()
-    console.print(summary_line(result), style="dim", markup=False)
+    console.print(summary_line(result), style="dim", markup=False, soft_wrap=True)
     return 0
 
 

@@ -198,6 +198,11 @@ def test_a_stream_cut_mid_answer_is_resumed(servers, tiny_folders, local):
         stop(proxy)
 
 
+def test_a_served_name_that_is_no_tokenizer_asks_for_one(servers):
+    with pytest.raises(RemoteError, match="cannot load its tokenizer.*give one with --base-tokenizer"):
+        connect(f"openai:tiny-base@{servers['base']}", role="base")
+
+
 def test_a_server_that_cannot_stream_logprobs_gets_chunked_stages(servers, tiny_folders, local):
     proxy, url = start_proxy(servers["base"], "plain-stream")
     try:
@@ -248,8 +253,13 @@ def test_a_refused_key_and_a_wrong_model_name_are_clear_errors(tiny_folders):
     try:
         with pytest.raises(RemoteError, match="refused the API key"):
             connect(f"openai:nudging@{url}/v1", role="base", api_key="wrong", tokenizer=tiny_folders["base"])
+        # the server is asked before the tokenizer is looked up by the (wrong) name
         with pytest.raises(RemoteError, match="does not serve model 'gpt-9'; it serves: nudging"):
-            connect(f"openai:gpt-9@{url}/v1", role="base", api_key="k1", tokenizer=tiny_folders["base"])
+            connect(f"openai:gpt-9@{url}/v1", role="base", api_key="k1")
+        with pytest.raises(RemoteError, match="usually ends in /v1"):
+            connect(f"openai:nudging@{url}", role="base", api_key="k1")
+        with pytest.raises(RemoteError, match="cannot load its tokenizer"):
+            connect(f"openai:nudging@{url}/v1", role="base", api_key="k1", tokenizer="./no-such-model")
         model = connect(f"openai:nudging@{url}/v1", role="base", api_key="k1", tokenizer=tiny_folders["base"])
         assert model.capabilities.logprobs
     finally:
@@ -275,8 +285,6 @@ def test_an_unreachable_server_and_bad_specs(tiny_folders):
     for spec in ("openai:", "openai:model", "openai:model@localhost:8000", "openai:@http://x/v1"):
         with pytest.raises(InvalidArgumentError, match="openai:MODEL@http"):
             parse(spec)
-    with pytest.raises(RemoteError, match="cannot load its tokenizer.*--base-tokenizer"):
-        connect(f"openai:./no-such-model@{url}", role="base")
 
 
 # --- what servers send back --------------------------------------------------------------------------------------

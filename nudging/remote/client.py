@@ -171,6 +171,9 @@ def _error(response: httpx.Response, base_url: str, body: dict[str, Any] | None)
     if status in (401, 403):
         return RemoteError(f"{base_url} refused the API key (HTTP {status}: {message}); give the key with --api-key "
                            "or $NUDGING_API_KEY / $OPENAI_API_KEY")
+    if status == 404 and model is None:
+        return RemoteError(f"{base_url} has no OpenAI-compatible API there (HTTP 404 for {response.request.url.path}: "
+                           f"{message}); the URL should be the API's root, which usually ends in /v1")
     if status == 404:
         return RemoteError(f"{base_url} does not serve model {model!r} (HTTP 404: {message})")
     if _context_full(response):

@@ -46,12 +46,13 @@ def connect(
         raise RemoteError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
     remote = parse(spec)
     client = CompletionClient(remote.base_url, api_key_from_env(api_key), client_settings)
+    served = served_models(client, remote.model)  # first, so a wrong URL, key or name is what the error says
     local_tokenizer = load_tokenizer(tokenizer or remote.model, spec, given=tokenizer is not None)
     key = (remote.base_url, remote.model, role)
     with _lock:
         capabilities = _probed.get(key)
     if capabilities is None:
-        capabilities = probe(client, remote.model, role, local_tokenizer)
+        capabilities = probe(client, remote.model, role, local_tokenizer, served)
         with _lock:
             _probed[key] = capabilities
     extra = {"repeat_penalty": 1.0} if capabilities.owned_by == LLAMA_CPP_OWNER else {}  # its default is 1.1
@@ -78,9 +79,11 @@ def load_tokenizer(source: str, spec: str, given: bool) -> Any:
         raise RemoteError(f"{spec}: cannot load its tokenizer ({error}){hint}") from None
 
 
-def probe(client: CompletionClient, model: str, role: str, tokenizer: Any) -> Capabilities:
-    served, owned_by, context = _served_models(client, model)
-    base = Capabilities(served, owned_by, context)
+def probe(
+    client: CompletionClient, model: str, role: str, tokenizer: Any, served: tuple[tuple[str, ...], str, int | None]
+) -> Capabilities:
+    names, owned_by, context = served
+    base = Capabilities(names, owned_by, context)
     extra = {"repeat_penalty": 1.0} if owned_by == LLAMA_CPP_OWNER else {}
     request = {"model": model, "prompt": PROBE_PROMPT, "max_tokens": 1, "temperature": 0.0, **extra}
     if role != "base":
@@ -99,14 +102,16 @@ def probe(client: CompletionClient, model: str, role: str, tokenizer: Any) -> Ca
     if not tokens or math.isnan(tokens[0].top1_prob):
         raise RemoteError(missing)
     return Capabilities(
-        served, owned_by, context, logprobs=True, stream_logprobs=_streams_logprobs(client, request),
+        names, owned_by, context, logprobs=True, stream_logprobs=_streams_logprobs(client, request),
         echo_layout=(layout := _echo_layout(client, request, tokens[0], tokenizer)),
         request_seconds=request_seconds,
         echo_seconds_per_token=_echo_cost(client, request, request_seconds, tokenizer) if layout else math.inf,
     )
 
 
-def _served_models(client: CompletionClient, model: str) -> tuple[tuple[str, ...], str, int | None]:
+def served_models(client: CompletionClient, model: str) -> tuple[tuple[str, ...], str, int | None]:
+    """(the names the server lists, who it says owns MODEL, MODEL's context length if given); an error if the
+    server lists models but not this one."""
     listed = client.models()
     served = tuple(str(entry.get("id")) for entry in listed if isinstance(entry, dict))
     if served and model not in served:
