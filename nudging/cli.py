@@ -128,10 +128,6 @@ def _load(args: argparse.Namespace, max_new_tokens: int, mode: str = "nudging") 
 
 def remote_options(args: argparse.Namespace) -> dict:
     """Nudger.from_pretrained's options for remote models, from the command line."""
-    if not args.timeout > 0:
-        raise NudgingError(f"--timeout must be a number of seconds > 0, got {args.timeout}")
-    if args.retries < 0:
-        raise NudgingError(f"--retries must be at least 0, got {args.retries}")
     return {
         "api_key": args.remote_api_key, "base_tokenizer": args.base_tokenizer,
         "nudger_tokenizer": args.nudger_tokenizer, "remote_protocol": args.remote_protocol,

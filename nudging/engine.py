@@ -16,7 +16,7 @@ from nudging.config import NudgingConfig
 from nudging.errors import ContextWindowFull
 from nudging.text import Source, Span, join_words, split_lookahead
 
-STAGE_CHUNK = 16  # tokens per base request in the authors' code (for the request count only)
+STAGE_CHUNK = 16  # tokens per base request in the authors' code (the request count; remote "chunked" stages)
 StopReason = Literal["nudger_eos", "repetition", "length", "eos", "stop"]
 
 

@@ -54,9 +54,10 @@ def local(tiny_folders):
     return Nudger.from_pretrained(tiny_folders["base"], tiny_folders["nudger"], max_new_tokens=48)
 
 
-def remote(servers, tiny_folders, protocol="auto", base=True, nudger=True, **options) -> Nudger:
+def remote(servers, tiny_folders, protocol="auto", base=True, nudger=True, base_url=None, **options) -> Nudger:
+    """The tiny pair with a remote base and/or nudger; `base_url` puts the base behind another URL (a proxy)."""
     return Nudger.from_pretrained(
-        f"openai:tiny-base@{servers['base']}" if base else tiny_folders["base"],
+        f"openai:tiny-base@{base_url or servers['base']}" if base else tiny_folders["base"],
         f"openai:tiny-nudger@{servers['nudger']}" if nudger else tiny_folders["nudger"],
         base_tokenizer=tiny_folders["base"], nudger_tokenizer=tiny_folders["nudger"], max_new_tokens=48,
         remote_protocol=protocol, **options,
@@ -174,9 +175,7 @@ def test_concurrent_generations_on_replicas(servers, tiny_folders, local):
 def test_500s_and_429s_are_retried(servers, tiny_folders, local, fault):
     proxy, url = start_proxy(servers["base"], fault, count=2)
     try:
-        pair = Nudger.from_pretrained(f"openai:tiny-base@{url}", f"openai:tiny-nudger@{servers['nudger']}",
-                                      base_tokenizer=tiny_folders["base"], nudger_tokenizer=tiny_folders["nudger"],
-                                      max_new_tokens=48, client_settings=FAST)
+        pair = remote(servers, tiny_folders, base_url=url, client_settings=FAST)
         assert same(pair.generate(QUESTIONS[1]), local.generate(QUESTIONS[1]))
         assert pair.base.client.retries_made == 2
     finally:
@@ -186,10 +185,8 @@ def test_500s_and_429s_are_retried(servers, tiny_folders, local, fault):
 def test_a_stream_cut_mid_answer_is_resumed(servers, tiny_folders, local):
     proxy, url = start_proxy(servers["base"], "cut", count=3)
     try:
-        pair = Nudger.from_pretrained(f"openai:tiny-base@{url}", f"openai:tiny-nudger@{servers['nudger']}",
-                                      base_tokenizer=tiny_folders["base"], nudger_tokenizer=tiny_folders["nudger"],
-                                      max_new_tokens=48, remote_protocol="per-word",
-                                      client_settings=ClientSettings(timeout=5, retries=8, backoff=0.01))
+        pair = remote(servers, tiny_folders, "per-word", base_url=url,
+                      client_settings=ClientSettings(timeout=5, retries=8, backoff=0.01))
         # a low gamma makes long base stages; the proxy cuts the first three that get to five events
         for question in QUESTIONS:
             assert same(pair.generate(question, gamma=0.05), local.generate(question, gamma=0.05))
@@ -207,9 +204,7 @@ def test_a_server_that_cannot_stream_logprobs_gets_chunked_stages(servers, tiny_
     proxy, url = start_proxy(servers["base"], "plain-stream")
     try:
         with pytest.warns(RemoteWarning, match="does not stream logprobs"):
-            pair = Nudger.from_pretrained(f"openai:tiny-base@{url}", f"openai:tiny-nudger@{servers['nudger']}",
-                                          base_tokenizer=tiny_folders["base"], nudger_tokenizer=tiny_folders["nudger"],
-                                          max_new_tokens=48, remote_protocol="per-word")
+            pair = remote(servers, tiny_folders, "per-word", base_url=url)
         assert pair.base.stage_protocol == "chunked"
         result = pair.generate(QUESTIONS[0], gamma=0.1)
         assert result.stats.models["base"]["chunked_requests"] > 0
@@ -282,6 +277,9 @@ def test_an_unreachable_server_and_bad_specs(tiny_folders):
     with pytest.raises(RemoteError, match="gave up after 2 tries"):
         connect(f"openai:m@{url}", role="base", tokenizer=tiny_folders["base"],
                 client_settings=ClientSettings(timeout=2, retries=1, backoff=0.01))
+    for bad in ({"timeout": 0}, {"timeout": "1"}, {"retries": -1}, {"retries": 1.5}, {"backoff": -1}):
+        with pytest.raises(InvalidArgumentError, match=next(iter(bad))):
+            ClientSettings(**bad)
     for spec in ("openai:", "openai:model", "openai:model@localhost:8000", "openai:@http://x/v1"):
         with pytest.raises(InvalidArgumentError, match="openai:MODEL@http"):
             parse(spec)

@@ -254,7 +254,6 @@ def run(request: EvalRequest, on_progress: Progress | None = None, warn: Callabl
     return paths
 
 
-
 def _answers(nudger: LazyNudger, task: Task, examples: list[Example], method: str, concurrency: int) -> Iterator[dict]:
     """Rows in the order they finish; with concurrency > 1, that many items are answered at once. An error
     stops the rest (rows already yielded are kept)."""

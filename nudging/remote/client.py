@@ -14,7 +14,7 @@ from typing import Any, Iterator
 
 import httpx
 
-from nudging.errors import ContextWindowFull, RemoteError
+from nudging.errors import ContextWindowFull, InvalidArgumentError, RemoteError
 
 RETRIED_STATUS = (429, 500, 502, 503, 504)
 TRANSIENT = (httpx.TransportError,)  # connect, read, write, pool errors and timeouts, dropped connections
@@ -25,6 +25,14 @@ class ClientSettings:
     timeout: float = 60.0  # seconds without a byte from the server before a try is given up
     retries: int = 4  # extra tries after the first
     backoff: float = 0.5  # seconds before the first retry; doubles each time
+
+    def __post_init__(self) -> None:
+        if isinstance(self.timeout, bool) or not isinstance(self.timeout, (int, float)) or not self.timeout > 0:
+            raise InvalidArgumentError(f"timeout (--timeout) must be a number of seconds > 0, got {self.timeout!r}")
+        if isinstance(self.retries, bool) or not isinstance(self.retries, int) or self.retries < 0:
+            raise InvalidArgumentError(f"retries (--retries) must be an integer >= 0, got {self.retries!r}")
+        if isinstance(self.backoff, bool) or not isinstance(self.backoff, (int, float)) or self.backoff < 0:
+            raise InvalidArgumentError(f"backoff must be a number of seconds >= 0, got {self.backoff!r}")
 
 
 class StreamBroken(Exception):
@@ -73,7 +81,7 @@ class CompletionClient:
                     break
                 chunk = json.loads(data)
                 if "error" in chunk:
-                    raise _error_from_body(chunk, 500, self.base_url)
+                    raise _error_from_body(chunk, self.base_url)
                 choices = chunk.get("choices") or []
                 if choices and choices[0].get("finish_reason"):
                     finished = True
@@ -181,7 +189,7 @@ def _error(response: httpx.Response, base_url: str, body: dict[str, Any] | None)
     return RemoteError(f"{base_url} rejected the request (HTTP {status}: {message})")
 
 
-def _error_from_body(payload: dict[str, Any], status: int, base_url: str) -> RemoteError:
+def _error_from_body(payload: dict[str, Any], base_url: str) -> RemoteError:
     error = payload.get("error")
     message = error.get("message", error) if isinstance(error, dict) else error
     return RemoteError(f"{base_url}: the server reported an error in the stream: {message}")

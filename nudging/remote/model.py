@@ -25,12 +25,12 @@ from typing import Any, Iterator, Literal, Sequence
 
 from nudging.backend import Choice, TokenizedModel
 from nudging.config import SamplingConfig
+from nudging.engine import STAGE_CHUNK
 from nudging.errors import ContextWindowFull, RemoteError
 from nudging.remote.client import CompletionClient, StreamBroken
 
 Protocol = Literal["auto", "echo", "per-word", "chunked"]
 PROTOCOLS = ("auto", "echo", "per-word", "chunked")
-CHUNK_TOKENS = 16  # the authors' code asks the base for 16 tokens at a time
 PROBE_PROMPT = "The capital of France is"
 EOS_CHOICE = Choice(-1, math.nan, "", True)
 
@@ -194,27 +194,30 @@ class RemoteModel(TokenizedModel):
     def choices_at_prefixes(self, texts: Sequence[str]) -> Iterator[tuple["RemoteRun", Choice]]:
         """The base's next token after each text, in order; the engine stops asking at the first takeover,
         whose run continues as the base stage."""
-        known = self._echo_choices(texts) if self._use_echo(texts) else [None] * len(texts)
+        known: list[Choice | None] = [None] * len(texts)
+        if self._may_echo(texts):
+            token_ids = [self.tokenize(text) for text in texts]
+            if self._echo_pays(token_ids):
+                known = self._echo_choices(texts, token_ids)
         for text, choice in zip(texts, known):
             run = RemoteRun(self, text, probabilities=True, expected=choice)
             yield run, choice if choice is not None else run.next_choice()
 
     # --- echo: several word boundaries in one request -------------------------------------------------------
-    def _use_echo(self, texts: Sequence[str]) -> bool:
-        caps = self.capabilities
-        if len(texts) < 2 or caps.echo_layout is None or self.protocol in ("per-word", "chunked"):
-            return False
+    def _may_echo(self, texts: Sequence[str]) -> bool:
+        return len(texts) >= 2 and self.capabilities.echo_layout is not None and self.protocol in ("auto", "echo")
+
+    def _echo_pays(self, token_ids: list[list[int]]) -> bool:
         if self.protocol == "echo":
             return True
         # auto: the cheaper by the probe's timings. Per word, the check that takes over is also the stage.
-        longest = len(self.tokenize(texts[-1]))
-        echo = 2 * caps.request_seconds + longest * caps.echo_seconds_per_token
-        per_word = caps.request_seconds * (len(texts) + 1) / 2
+        caps = self.capabilities
+        echo = 2 * caps.request_seconds + len(token_ids[-1]) * caps.echo_seconds_per_token
+        per_word = caps.request_seconds * (len(token_ids) + 1) / 2
         return echo < per_word
 
-    def _echo_choices(self, texts: Sequence[str]) -> list[Choice | None]:
+    def _echo_choices(self, texts: Sequence[str], token_ids: list[list[int]]) -> list[Choice | None]:
         """Choices read from one echoed request; None where a text must be checked with its own request."""
-        token_ids = [self.tokenize(text) for text in texts]
         longest = token_ids[-1]
         aligned = [len(ids) <= len(longest) and longest[: len(ids)] == ids for ids in token_ids]
         payload = self.complete(self.body(texts[-1], 1, echo=True, logprobs=1, temperature=0.0))
@@ -222,7 +225,7 @@ class RemoteModel(TokenizedModel):
         rows = _echo_rows(choice.get("logprobs"))
         if rows is None or not self._echo_matches(rows[0], len(longest), texts[-1]):
             return [None] * len(texts)
-        strings, tops = rows
+        tops = rows[1]
         results: list[Choice | None] = []
         for ids, ok in zip(token_ids, aligned):
             index = len(ids) if self.capabilities.echo_layout == "aligned" else len(ids) - 1
@@ -260,8 +263,8 @@ def _echo_rows(logprobs: dict[str, Any] | None) -> tuple[list[str], list[dict[st
 
 
 def _eos_strings(tokenizer: Any) -> frozenset[str]:
-    strings = {getattr(tokenizer, "eos_token", None)}
-    return frozenset(s for s in strings if s)
+    eos = getattr(tokenizer, "eos_token", None)
+    return frozenset([eos] if eos else [])
 
 
 class RemoteRun:
@@ -371,7 +374,7 @@ class RemoteRun:
     def _fetch_chunk(self, prompt: str) -> Iterator[dict[str, Any]]:
         model = self.model
         model.counters.chunked_requests += 1
-        payload = model.complete(model.body(prompt, CHUNK_TOKENS, logprobs=1))
+        payload = model.complete(model.body(prompt, STAGE_CHUNK, logprobs=1))
         choice = payload["choices"][0]
         yield {"tokens": tokens_of(choice.get("text") or "", choice.get("logprobs")),
                "finish_reason": choice.get("finish_reason") or "length"}

@@ -55,13 +55,18 @@ def connect(
         capabilities = probe(client, remote.model, role, local_tokenizer, served)
         with _lock:
             _probed[key] = capabilities
-    extra = {"repeat_penalty": 1.0} if capabilities.owned_by == LLAMA_CPP_OWNER else {}  # its default is 1.1
     if role == "base" and not capabilities.stream_logprobs and protocol != "chunked":
         warnings.warn(f"{spec}: the server does not stream logprobs, so base stages go in 16-token requests that "
                       "re-tokenize the text between them (as the authors' code does); this can change an answer "
                       "in rare cases, and stats count it as chunked_requests", RemoteWarning, stacklevel=2)
     return RemoteModel(client, remote.model, local_tokenizer, capabilities, name=role, sampling=sampling,
-                       protocol=protocol, extra_body=extra)
+                       protocol=protocol, extra_body=greedy_fields(capabilities.owned_by))
+
+
+def greedy_fields(owned_by: str) -> dict[str, Any]:
+    """Request fields a server needs besides temperature 0 to decode greedily: llama-cpp-python's default
+    repeat_penalty of 1.1 changes the argmax."""
+    return {"repeat_penalty": 1.0} if owned_by == LLAMA_CPP_OWNER else {}
 
 
 def load_tokenizer(source: str, spec: str, given: bool) -> Any:
@@ -84,8 +89,7 @@ def probe(
 ) -> Capabilities:
     names, owned_by, context = served
     base = Capabilities(names, owned_by, context)
-    extra = {"repeat_penalty": 1.0} if owned_by == LLAMA_CPP_OWNER else {}
-    request = {"model": model, "prompt": PROBE_PROMPT, "max_tokens": 1, "temperature": 0.0, **extra}
+    request = {"model": model, "prompt": PROBE_PROMPT, "max_tokens": 1, "temperature": 0.0, **greedy_fields(owned_by)}
     if role != "base":
         client.complete(request)  # the name and the key work for completions, not only for /models
         return base

@@ -200,12 +200,12 @@ async def _scored(service: Service, job: Job, body: CompletionRequest, settings:
         raise APIError(422, "a stream with logprobs takes neither echo nor stop strings; send stream: false",
                        param="echo" if body.echo else "stop", code="unsupported_parameter")
 
-    if not isinstance(service.template.base if job.mode == "base" else service.template.nudger, LocalModel):
+    if not isinstance(_model_of_mode(service.template, job.mode), LocalModel):
         raise APIError(422, "logprobs and echo need a local model; this server forwards to a remote one",
                        param="logprobs" if body.logprobs is not None else "echo", code="unsupported_parameter")
 
     def model_of(replica) -> LocalModel:
-        model = replica.base if job.mode == "base" else replica.nudger
+        model = _model_of_mode(replica, job.mode)
         model.sampling = job.sampling
         model.reset_sampling()
         return model
@@ -246,11 +246,11 @@ async def _scored_events(service: Service, job: Job, body: CompletionRequest, se
                         "text_offset": [offset]}
             offset += len(token.text)
             choice = {"index": 0, "text": token.text, "finish_reason": None, "logprobs": logprobs}
-            yield "data: " + json.dumps({**frame, "choices": [choice]}) + "\n\n"
+            yield _sse({**frame, "choices": [choice]})
         choice = {"index": 0, "text": "", "finish_reason": ending.get("finish_reason", "length"), "logprobs": None}
-        yield "data: " + json.dumps({**frame, "choices": [choice]}) + "\n\n"
+        yield _sse({**frame, "choices": [choice]})
     except Exception as error:  # the status line is gone: report in the stream
-        yield "data: " + json.dumps(APIError(500, f"{type(error).__name__}: {error}", "server_error").body) + "\n\n"
+        yield _stream_error(error)
     finally:
         await items.aclose()
     yield "data: [DONE]\n\n"
@@ -294,7 +294,7 @@ async def _events(first, pieces, frame, chat: bool, include_usage: bool, service
             choice = {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}
         else:
             choice = {"index": 0, "text": text or "", "finish_reason": finish, "logprobs": None}
-        return "data: " + json.dumps({**frame, "object": object_name, "choices": [choice], **extra}) + "\n\n"
+        return _sse({**frame, "object": object_name, "choices": [choice], **extra})
 
     try:
         item = first
@@ -303,16 +303,30 @@ async def _events(first, pieces, frame, chat: bool, include_usage: bool, service
                 yield chunk(None if chat else "", item.finish_reason, {"nudging": item.nudging_info()})
                 if include_usage:
                     usage = {**frame, "object": object_name, "choices": [], "usage": _usage(service, job, item)}
-                    yield "data: " + json.dumps(usage) + "\n\n"
+                    yield _sse(usage)
                 break
             yield chunk(item.text, None, {"nudging": {"source": item.source}})
             item = await pieces.__anext__()
     except Exception as error:  # the status line is gone: report in the stream
-        problem = APIError(500, f"{type(error).__name__}: {error}", "server_error")
-        yield "data: " + json.dumps(problem.body) + "\n\n"
+        yield _stream_error(error)
     finally:
         await pieces.aclose()  # a client that went away stops its generation here
     yield "data: [DONE]\n\n"
+
+
+def _sse(payload: dict[str, Any]) -> str:
+    """One server-sent event."""
+    return "data: " + json.dumps(payload) + "\n\n"
+
+
+def _stream_error(error: Exception) -> str:
+    """An error after a stream has begun (its status line is gone): one event with OpenAI's error body."""
+    return _sse(APIError(500, f"{type(error).__name__}: {error}", "server_error").body)
+
+
+def _model_of_mode(nudger, mode: str):
+    """The one model a single-model mode runs: the nudger's in mode "nudger", else the base's."""
+    return nudger.nudger if mode == "nudger" else nudger.base
 
 
 def _context_length(service: Service) -> int | None:
@@ -321,7 +335,7 @@ def _context_length(service: Service) -> int | None:
 
 
 def _usage(service: Service, job: Job, finished: Finished) -> dict[str, int]:
-    model = service.template.nudger if job.mode == "nudger" else service.template.base
+    model = _model_of_mode(service.template, job.mode)
     prompt = job.nudger_prompt if job.mode == "nudger" else job.base_prompt
     return _usage_counts(len(model.tokenize(prompt)), model.count_tokens(finished.text))
 
