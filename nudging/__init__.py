@@ -4,7 +4,7 @@ Implements Nudging (Fei, Razeghi, Singh, ACL 2025, arXiv 2410.09300).
 """
 
 from nudging.backend import LocalModel
-from nudging.config import NudgingConfig, SamplingConfig
+from nudging.config import BaselineConfig, NudgingConfig, SamplingConfig
 from nudging.errors import (
     InvalidArgumentError,
     ModelNotFoundError,
@@ -13,15 +13,19 @@ from nudging.errors import (
     PromptTooLongError,
     RemoteError,
 )
+from nudging.methods import METHODS, MODES
 from nudging.nudger import Nudger
 from nudging.result import GenerationResult, GenerationStats
 from nudging.text import Span
 
 __all__ = [
+    "BaselineConfig",
     "GenerationResult",
     "GenerationStats",
     "InvalidArgumentError",
     "LocalModel",
+    "METHODS",
+    "MODES",
     "ModelNotFoundError",
     "NotCausalLMError",
     "Nudger",

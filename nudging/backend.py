@@ -8,7 +8,7 @@ re-tokenized text, a run that extends its own ids, and a batch of word-boundary 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterator, Protocol, Sequence
+from typing import Any, Iterable, Iterator, Protocol, Sequence
 
 import torch
 from transformers import DynamicCache
@@ -31,12 +31,27 @@ class ModelCounters:
 
 @dataclass(frozen=True)
 class Choice:
-    """The next token of a run: the token chosen (argmax when greedy), the top-1 probability, its piece."""
+    """The next token of a run: the token chosen (argmax when greedy), the top-1 probability, its piece.
+
+    For a run started with top_k, `alternatives` holds the k most likely next strings with their probabilities,
+    most likely first, one entry per string; EOS and pieces that end inside a character are left out.
+    """
 
     token: int
     top1_prob: float
     piece: str
     is_eos: bool
+    alternatives: tuple[tuple[str, float], ...] = ()
+
+
+def best_strings(candidates: Iterable[tuple[str, float]], top_k: int) -> tuple[tuple[str, float], ...]:
+    """The top_k strings by probability from (string, probability) pairs, most likely first; a string that
+    several tokens write keeps its highest probability (as the top_logprobs of OpenAI-style servers do)."""
+    best: dict[str, float] = {}
+    for string, prob in candidates:
+        if string and prob > best.get(string, -1.0):
+            best[string] = prob
+    return tuple(sorted(best.items(), key=lambda item: item[1], reverse=True)[:top_k])
 
 
 def eos_token_ids(model: Any, tokenizer: Any) -> frozenset[int]:
@@ -75,7 +90,7 @@ class Model(Protocol):
     def reset_sampling(self) -> None: ...
     def finish(self) -> None: ...
     def greedy(self, text: str, max_tokens: int) -> tuple[str, bool]: ...
-    def start_run(self, text: str) -> Any: ...
+    def start_run(self, text: str, top_k: int = 0) -> Any: ...
     def choices_at_prefixes(self, texts: Sequence[str]) -> Iterator[tuple[Any, Choice]]: ...
 
 
@@ -171,14 +186,33 @@ class LocalModel(TokenizedModel):
         self.counters.tokens_processed += len(ids) - keep
         return output.logits[0].float()
 
-    def choose(self, logits: torch.Tensor, ids: Sequence[int], detok: IncrementalDetokenizer) -> Choice:
-        """Top-1 probability of one position's logits and the token this model writes there."""
+    def choose(self, logits: torch.Tensor, ids: Sequence[int], detok: IncrementalDetokenizer, top_k: int = 0) -> Choice:
+        """Top-1 probability of one position's logits and the token this model writes there (and with top_k,
+        the most likely next strings)."""
         probs = torch.softmax(logits, dim=-1)
         top_prob, top_token = torch.max(probs, dim=-1)
-        token = int(top_token) if self.sampling.greedy else self._sample(logits)
-        return Choice(token, float(top_prob), detok.peek(ids, token), token in self.eos_ids)
+        token = int(top_token) if self.sampling.greedy else self.sample(logits)
+        alternatives = self._top_strings(probs, ids, detok, top_k) if top_k else ()
+        return Choice(token, float(top_prob), detok.peek(ids, token), token in self.eos_ids, alternatives)
 
-    def _sample(self, logits: torch.Tensor) -> int:
+    def _top_strings(
+        self, probs: torch.Tensor, ids: Sequence[int], detok: IncrementalDetokenizer, top_k: int
+    ) -> tuple[tuple[str, float], ...]:
+        """The top_k strings of the next token. EOS, partial characters and repeated strings drop out, so more
+        tokens are read until k strings are found (or the vocabulary is used up)."""
+        count = 2 * top_k + len(self.eos_ids)
+        while True:
+            values, tokens = torch.topk(probs, min(count, probs.shape[-1]))
+            strings = best_strings(
+                ((detok.peek(ids, int(t)), float(v)) for v, t in zip(values, tokens) if int(t) not in self.eos_ids),
+                top_k,
+            )
+            if len(strings) == top_k or count >= probs.shape[-1]:
+                return strings
+            count *= 4
+
+    def sample(self, logits: torch.Tensor) -> int:
+        """A token drawn from softmax(logits / temperature), within top_p, with this model's generator."""
         probs = torch.softmax(logits / self.sampling.temperature, dim=-1).cpu()
         if self.sampling.top_p < 1.0:
             sorted_probs, order = torch.sort(probs, descending=True)
@@ -188,8 +222,8 @@ class LocalModel(TokenizedModel):
         return int(torch.multinomial(probs, 1, generator=self._generator))
 
     # --- runs -----------------------------------------------------------------------------------------------
-    def start_run(self, text: str) -> "Run":
-        return Run(self, self.tokenize(text))
+    def start_run(self, text: str, top_k: int = 0) -> "Run":
+        return Run(self, self.tokenize(text), top_k)
 
     def greedy(self, text: str, max_tokens: int) -> tuple[str, bool]:
         """greedy(x, n) of the spec: a run of at most n tokens from `text`; returns (its text, hit EOS)."""
@@ -224,14 +258,17 @@ class LocalModel(TokenizedModel):
 class Run:
     """One run of the spec: starts from a canonical tokenization, then extends its own ids."""
 
-    def __init__(self, model: LocalModel, ids: list[int]) -> None:
+    def __init__(self, model: LocalModel, ids: list[int], top_k: int = 0) -> None:
         self.model = model
         self.ids = ids
+        self.top_k = top_k
         self.detokenizer = IncrementalDetokenizer(model.tokenizer, ids)
 
+    def next_logits(self) -> torch.Tensor:
+        return self.model.logits_from(self.ids, len(self.ids) - 1)[0]
+
     def next_choice(self) -> Choice:
-        logits = self.model.logits_from(self.ids, len(self.ids) - 1)[0]
-        return self.model.choose(logits, self.ids, self.detokenizer)
+        return self.model.choose(self.next_logits(), self.ids, self.detokenizer, self.top_k)
 
     def append(self, token: int) -> str:
         """Extend the run by `token`; returns its piece."""

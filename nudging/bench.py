@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from nudging.backend import LocalModel
-from nudging.errors import InvalidArgumentError
+from nudging.errors import InvalidArgumentError, PromptTooLongError
 from nudging.nudger import Nudger
 
 DEFAULT_PROMPTS = [
@@ -67,76 +67,83 @@ def base_only(nudger: Nudger, prompt: str, max_new_tokens: int) -> tuple[int, fl
     return sum(1 for token in new if token not in base.eos_ids), seconds
 
 
-def run(nudger: Nudger, prompts: list[str], max_new_tokens: int, progress: bool = True) -> dict:
-    """Time both methods on the same prompts; ratios are per answer token."""
-    nudger.generate(prompts[0], max_new_tokens=4)  # warm-up: first calls pay one-off costs
+def run(
+    nudger: Nudger, prompts: list[str], max_new_tokens: int, methods: list[str],
+    skipped: dict[str, str] | None = None, progress: bool = True,
+) -> dict:
+    """Time base-only decoding and every method on the same prompts, in one run; ratios are per answer token."""
+    skipped = dict(skipped or {})
+    for method in list(methods):  # warm-up: first calls pay one-off costs
+        try:
+            nudger.generate(prompts[0], mode=method, max_new_tokens=4)
+        except PromptTooLongError as error:
+            skipped[method] = f"cannot run here: {error}"
+            methods = [m for m in methods if m != method]
+    if not methods:
+        raise InvalidArgumentError("no method to time: " + "; ".join(f"{m} {why}" for m, why in skipped.items()))
     base_only(nudger, nudger.prompts_for(prompts[0])[0], 4)
     rows = []
     for index, question in enumerate(prompts, 1):
         base_tokens, base_seconds = base_only(nudger, nudger.prompts_for(question)[0], max_new_tokens)
-        result = nudger.generate(question, max_new_tokens=max_new_tokens)
-        rows.append(
-            {
-                "prompt": question,
-                "base_only": {"answer_tokens": base_tokens, "seconds": base_seconds},
-                "nudging": {
-                    "answer_tokens": result.stats.answer_base_tokens,
-                    "seconds": result.stats.seconds,
-                    "stop_reason": result.stop_reason,
-                    "nudged_word_fraction": result.stats.nudged_word_fraction,
-                    "nudged_token_fraction": result.stats.nudged_token_fraction,
-                    "models": result.stats.models,
-                    "paper_requests": result.stats.paper_requests,
-                },
+        row = {"prompt": question, "base_only": {"answer_tokens": base_tokens, "seconds": base_seconds}}
+        for method in methods:
+            result = nudger.generate(question, mode=method, max_new_tokens=max_new_tokens)
+            row[method] = {
+                "answer_tokens": result.stats.answer_base_tokens,
+                "seconds": result.stats.seconds,
+                "stop_reason": result.stop_reason,
+                "nudged_token_fraction": result.stats.nudged_token_fraction,
+                "models": result.stats.models,
+                "paper_requests": result.stats.paper_requests,
             }
-        )
+        rows.append(row)
         if progress:
             print(f"[{index}/{len(prompts)}] {question[:60]}", file=sys.stderr)
-    return summarize(rows, max_new_tokens)
+    return summarize(rows, max_new_tokens, methods, skipped)
 
 
-def summarize(rows: list[dict], max_new_tokens: int) -> dict:
+def summarize(rows: list[dict], max_new_tokens: int, methods: list[str], skipped: dict[str, str]) -> dict:
     def total(method: str, key: str) -> float:
         return sum(row[method][key] for row in rows)
 
     base_tokens, base_seconds = total("base_only", "answer_tokens"), total("base_only", "seconds")
-    nudge_tokens, nudge_seconds = total("nudging", "answer_tokens"), total("nudging", "seconds")
-    def per_token(name: str, unit: str) -> float | None:
-        values = [row["nudging"]["models"][name].get(unit) for row in rows]
-        return None if None in values else sum(values) / max(nudge_tokens, 1)
-
-    passes = {name: per_token(name, "forward_passes") for name in ("base", "nudger")}
-    requests = {name: per_token(name, "requests") for name in ("base", "nudger")}
-    remote = any(value is not None for value in requests.values())
     base_per_token = base_seconds / max(base_tokens, 1)
-    nudge_per_token = nudge_seconds / max(nudge_tokens, 1)
+    summaries = {}
+    for method in methods:
+        tokens, seconds = total(method, "answer_tokens"), total(method, "seconds")
+        per_token = seconds / max(tokens, 1)
+        work: dict[str, dict[str, float]] = {}
+        for role in rows[0][method]["models"]:
+            for unit in ("forward_passes", "requests"):
+                values = [row[method]["models"][role].get(unit) for row in rows]
+                if None not in values and sum(values):
+                    work.setdefault(role, {})[unit] = sum(values) / max(tokens, 1)
+        remote = any("requests" in units for units in work.values())
+        summaries[method] = {
+            "answer_tokens": tokens,
+            "seconds": seconds,
+            "tokens_per_second": tokens / seconds if seconds else 0.0,
+            "seconds_per_answer_token": per_token,
+            "time_ratio_vs_base": per_token / base_per_token if base_per_token else 0.0,
+            # weighted by answer length: the share of all answer tokens off the base's own choice
+            "nudged_token_fraction": sum(
+                r[method]["nudged_token_fraction"] * r[method]["answer_tokens"] for r in rows) / max(tokens, 1),
+            "ended_by_itself": sum(r[method]["stop_reason"] in ("eos", "nudger_eos", "stop") for r in rows),
+            "work_per_answer_token": work,  # forward passes (local) or requests (remote) per model
+            **({"paper_requests_per_answer_token": total(method, "paper_requests") / max(tokens, 1)}
+               if remote and method in ("nudging", "ensemble-text") else {}),
+        }
+    if "nudging" in summaries:
+        reference = summaries["nudging"]["seconds_per_answer_token"]
+        for summary in summaries.values():
+            summary["time_ratio_vs_nudging"] = summary["seconds_per_answer_token"] / reference if reference else 0.0
     return {
         "prompts": len(rows),
         "max_new_tokens": max_new_tokens,
-        "base_only": {
-            "answer_tokens": base_tokens,
-            "seconds": base_seconds,
-            "tokens_per_second": base_tokens / base_seconds if base_seconds else 0.0,
-            "forward_passes_per_answer_token": None if remote else 1.0,
-        },
-        "nudging": {
-            "answer_tokens": nudge_tokens,
-            "seconds": nudge_seconds,
-            "tokens_per_second": nudge_tokens / nudge_seconds if nudge_seconds else 0.0,
-            "base_forward_passes_per_answer_token": passes["base"],
-            "nudger_forward_passes_per_answer_token": passes["nudger"],
-            # weighted by answer length: the share of all answer tokens that the nudger wrote
-            "nudged_token_fraction": sum(
-                r["nudging"]["nudged_token_fraction"] * r["nudging"]["answer_tokens"] for r in rows
-            ) / max(nudge_tokens, 1),
-            **({
-                "base_requests_per_answer_token": requests["base"],
-                "nudger_requests_per_answer_token": requests["nudger"],
-                "requests_per_answer_token": sum(v for v in requests.values() if v is not None),
-                "paper_requests_per_answer_token": total("nudging", "paper_requests") / max(nudge_tokens, 1),
-            } if remote else {}),
-        },
-        "time_ratio_vs_base": nudge_per_token / base_per_token if base_per_token else 0.0,
+        "base_only": {"answer_tokens": base_tokens, "seconds": base_seconds,
+                      "tokens_per_second": base_tokens / base_seconds if base_seconds else 0.0},
+        "methods": summaries,
+        "skipped": skipped,
         "rows": rows,
     }
 
@@ -145,32 +152,33 @@ def print_report(report: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    base, nudge = report["base_only"], report["nudging"]
-    remote = "requests_per_answer_token" in nudge
+    base, methods = report["base_only"], report["methods"]
+    roles = [r for r in ("base", "nudger", "anti_expert") if any(r in m["work_per_answer_token"] for m in methods.values())]
+    remote = any("requests" in units for m in methods.values() for units in m["work_per_answer_token"].values())
+    unit = "req" if remote else "passes"
     table = Table(title=f"nudging bench: {report['prompts']} prompts, max {report['max_new_tokens']} new tokens")
-    work = ("requests/token", "paper's requests/token") if remote else (
-        "base passes/token", "nudger passes/token")
-    for column in ("method", "answer tokens", "seconds", "tokens/s", *work):
-        table.add_column(column, justify="right" if column != "method" else "left")
-
-    def number(value: float | None) -> str:
-        return "-" if value is None else f"{value:.2f}"
-
-    if remote:
-        table.add_row("base only (one request)", str(base["answer_tokens"]), f"{base['seconds']:.2f}",
-                      f"{base['tokens_per_second']:.1f}", number(report["prompts"] / max(base["answer_tokens"], 1)), "-")
-        table.add_row("nudging", str(nudge["answer_tokens"]), f"{nudge['seconds']:.2f}",
-                      f"{nudge['tokens_per_second']:.1f}", number(nudge["requests_per_answer_token"]),
-                      number(nudge["paper_requests_per_answer_token"]))
-    else:
-        table.add_row("base only (generate)", str(base["answer_tokens"]), f"{base['seconds']:.2f}",
-                      f"{base['tokens_per_second']:.1f}", "1.00", "-")
-        table.add_row("nudging", str(nudge["answer_tokens"]), f"{nudge['seconds']:.2f}",
-                      f"{nudge['tokens_per_second']:.1f}", number(nudge["base_forward_passes_per_answer_token"]),
-                      number(nudge["nudger_forward_passes_per_answer_token"]))
+    for column in ("method", "tokens", "ended", "s", "tok/s", "x base", "x nudging", "off base",
+                   *(f"{role.replace('_', '-')} {unit}/tok" for role in roles)):
+        table.add_column(column, justify="left" if column == "method" else "right")
+    table.add_row("base only", str(base["answer_tokens"]), "-", f"{base['seconds']:.1f}",
+                  f"{base['tokens_per_second']:.1f}", "1.00", "-", "-", *("-" for _ in roles))
+    for name, summary in methods.items():
+        work = summary["work_per_answer_token"]
+        cells = [next(iter(work[role].values())) if role in work else None for role in roles]
+        ratio = summary.get("time_ratio_vs_nudging")
+        table.add_row(name, str(summary["answer_tokens"]), f"{summary['ended_by_itself']}/{report['prompts']}",
+                      f"{summary['seconds']:.1f}", f"{summary['tokens_per_second']:.1f}",
+                      f"{summary['time_ratio_vs_base']:.2f}", "-" if ratio is None else f"{ratio:.2f}",
+                      f"{100 * summary['nudged_token_fraction']:.0f}%",
+                      *("-" if cell is None else f"{cell:.2f}" for cell in cells))
     console = Console(highlight=False)
     console.print(table)
-    console.print(f"time per answer token, nudging / base only: {report['time_ratio_vs_base']:.2f}x  "
-                  f"(nudger wrote {100 * nudge['nudged_token_fraction']:.0f}% of answer tokens)")
-    if remote:
-        console.print("paper's protocol: one request per lookahead, per word boundary checked and per 16 base tokens")
+    console.print("x base, x nudging: time per answer token against base only (one call: transformers' generate, or "
+                  "one request) and against nudging, in this run. ended: answers that ended before the budget. off "
+                  "base: answer tokens the base would not have written itself.", style="dim")
+    for name, summary in methods.items():
+        if "paper_requests_per_answer_token" in summary:
+            console.print(f"{name}: the authors' protocol would send {summary['paper_requests_per_answer_token']:.2f} "
+                          "requests per answer token", style="dim")
+    for name, reason in report["skipped"].items():
+        console.print(f"{name}: not run, {reason}", style="yellow")

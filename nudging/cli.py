@@ -42,6 +42,12 @@ def _model_options(parser: argparse.ArgumentParser, sampling: bool = True, key_f
     group = parser.add_argument_group("nudging")
     group.add_argument("--gamma", type=float, default=0.3, help="nudge where the base's top-1 probability < gamma")
     group.add_argument("--lookahead", type=int, default=16, help="tokens the nudger writes per round")
+    group = parser.add_argument_group("baselines (proxy-tuning, ensemble-text)")
+    group.add_argument("--anti-expert", default=None,
+                       help="proxy tuning's anti-expert: the nudger's untuned base, with the same vocabulary")
+    group.add_argument("--alpha", type=float, default=1.0, help="proxy tuning: base + alpha * (expert - anti-expert)")
+    group.add_argument("--ensemble-top-k", type=int, default=5,
+                       help="ensemble-text: candidate strings per model at a disagreement (1-20)")
     if not sampling:
         return
     group.add_argument("--system", default=None, help="system text for both prompts")
@@ -61,12 +67,15 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--base-prompt", help="raw base prompt, used exactly as given")
     generate.add_argument("--nudger-prompt", help="raw nudger prompt, used exactly as given")
     generate.add_argument("--max-new-tokens", type=int, default=512, help="answer budget in base tokens")
-    generate.add_argument("--mode", default="nudging", choices=MODES, help="nudging, or one model alone")
+    generate.add_argument("--mode", default="nudging", choices=MODES,
+                          help="nudging, one model alone (base, nudger), or a baseline: " + ", ".join(MODES[3:]))
     generate.add_argument("--json", action="store_true", help="print one JSON object")
     _model_options(generate)
 
-    bench = commands.add_parser("bench", help="time nudging against base-only greedy decoding")
+    bench = commands.add_parser("bench", help="time nudging and the baselines against base-only greedy decoding")
     bench.add_argument("--prompts", help="file with one question per line, or JSONL with a 'question' field")
+    bench.add_argument("--method", action="append", default=[], choices=MODES + ("all",),
+                       help="a method to time (repeatable; default: all that run on these models)")
     bench.add_argument("--max-new-tokens", type=int, default=128)
     bench.add_argument("--json", action="store_true", help="print one JSON object")
     _model_options(bench)
@@ -74,8 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("eval", help="score methods on the paper's benchmarks (results resume)")
     evaluate.add_argument("--task", action="append", default=[], metavar="TASK",
                           help="a benchmark (repeatable), or all: " + ", ".join(TASK_NAMES))
-    evaluate.add_argument("--method", action="append", default=[], choices=MODES,
-                          help="nudging, base or nudger (repeatable; default: all three)")
+    evaluate.add_argument("--method", action="append", default=[], choices=MODES + ("all",),
+                          help="a method (repeatable; default: base, nudger, nudging; all: every method that runs "
+                               "on these models)")
     evaluate.add_argument("--limit", type=int, default=None, help="items per task: a seeded sample, the same for every method")
     evaluate.add_argument("--seed", type=int, default=0, help="seed of the sample and of the generated tasks")
     evaluate.add_argument("--out", default="eval_results", help="folder for result files, table and chart")
@@ -95,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on /v1 requests")
     serve.add_argument("--model-name", default="nudging", help="the model id clients send")
-    serve.add_argument("--mode", default="nudging", choices=MODES, help="nudging, or serve one model plainly")
+    serve.add_argument("--mode", default="nudging", choices=MODES[:3], help="nudging, or serve one model plainly")
     serve.add_argument("--max-concurrency", type=int, default=1, help="generations that run at once")
     serve.add_argument("--max-queue", type=int, default=16, help="requests that may wait; more get HTTP 429")
     serve.add_argument("--max-tokens", type=int, default=512, help="answer budget when a request sets none")
@@ -117,22 +127,34 @@ def _sampling(args: argparse.Namespace) -> tuple[SamplingConfig, SamplingConfig]
     )
 
 
-def _load(args: argparse.Namespace, max_new_tokens: int, mode: str = "nudging") -> Nudger:
+def _load(args: argparse.Namespace, max_new_tokens: int, mode: str = "nudging",
+          methods: list[str] | None = None) -> Nudger:
     base_sampling, nudger_sampling = _sampling(args)
     return Nudger.from_pretrained(
         args.base, args.nudger, gamma=args.gamma, lookahead=args.lookahead, max_new_tokens=max_new_tokens,
         system=getattr(args, "system", None), dtype=args.dtype, device=args.device, base_sampling=base_sampling,
-        nudger_sampling=nudger_sampling, mode=mode, **remote_options(args),
+        nudger_sampling=nudger_sampling, mode=mode, methods=methods, **remote_options(args),
     )
 
 
 def remote_options(args: argparse.Namespace) -> dict:
-    """Nudger.from_pretrained's options for remote models, from the command line."""
+    """Nudger.from_pretrained's options for remote models and the baselines, from the command line."""
     return {
         "api_key": args.remote_api_key, "base_tokenizer": args.base_tokenizer,
         "nudger_tokenizer": args.nudger_tokenizer, "remote_protocol": args.remote_protocol,
         "client_settings": ClientSettings(timeout=args.timeout, retries=args.retries),
+        "anti_expert": args.anti_expert, "alpha": args.alpha, "top_k": args.ensemble_top_k,
     }
+
+
+def chosen_methods(requested: list[str], args: argparse.Namespace, default: list[str]) -> tuple[list[str], dict[str, str]]:
+    """The methods to run: as requested (default: `default`); "all" means every method these models can run,
+    and returns the others with the reason they cannot."""
+    from nudging.methods import fitting
+
+    if "all" not in requested:
+        return list(dict.fromkeys(requested or default)), {}
+    return fitting(list(MODES), args.base, args.nudger, args.anti_expert)
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -165,6 +187,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
 def summary_line(result: GenerationResult) -> str:
     stats = result.stats
     parts = [f"stop: {result.stop_reason}"]
+    if result.mode not in ("nudging", "base", "nudger", "in-context"):
+        parts.append(f"{stats.nudged_words}/{stats.total_words} words off the base's own choice")
     if result.mode == "nudging":
         parts.append(f"rounds {stats.rounds}")
         parts.append(
@@ -172,6 +196,8 @@ def summary_line(result: GenerationResult) -> str:
         )
     parts.append(f"{stats.answer_base_tokens} answer tokens")
     for name, work in stats.models.items():
+        if not any(work.values()):
+            continue
         if "requests" in work:
             parts.append(f"{name}: {work['requests']} requests")
         else:
@@ -184,8 +210,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from nudging import bench
 
     prompts = bench.read_prompts(args.prompts) if args.prompts else bench.DEFAULT_PROMPTS
-    nudger = _load(args, args.max_new_tokens)
-    report = bench.run(nudger, prompts, args.max_new_tokens, progress=not args.json)
+    methods, skipped = chosen_methods(args.method or ["all"], args, default=[])
+    nudger = _load(args, args.max_new_tokens, methods=methods)
+    report = bench.run(nudger, prompts, args.max_new_tokens, methods, skipped, progress=not args.json)
     if args.json:
         print(json.dumps(report, ensure_ascii=False))
     else:

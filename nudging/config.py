@@ -45,3 +45,20 @@ class SamplingConfig:
     @property
     def greedy(self) -> bool:
         return self.temperature == 0
+
+
+MAX_TOP_K = 20  # the most top logprobs vLLM returns by default (--max-logprobs)
+
+
+@dataclass(frozen=True)
+class BaselineConfig:
+    """Knobs of the paper's baselines: proxy tuning's strength and the text ensemble's candidate lists."""
+
+    alpha: float = 1.0  # proxy tuning: base + alpha * (expert - anti-expert)
+    top_k: int = 5  # text ensemble: candidates per model at a disagreement (the authors' API code asks for 5)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or not math.isfinite(self.alpha):
+            raise InvalidArgumentError(f"alpha must be a finite number, got {self.alpha!r}")
+        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or not 1 <= self.top_k <= MAX_TOP_K:
+            raise InvalidArgumentError(f"top_k must be an integer from 1 to {MAX_TOP_K}, got {self.top_k!r}")

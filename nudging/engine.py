@@ -29,12 +29,9 @@ class EngineState:
     stop_reason: StopReason | None = None
     nudges: list[str] = field(default_factory=list)
     word_checks: int = 0  # base queries at word boundaries (step 2)
-    stage_chunks: int = 0  # 16-token pieces of base stages: what the authors' code asks for one request each
-
-    def paper_requests(self) -> int:
-        """Requests the authors' reference code needs for this answer: one lookahead per round, one per word
-        boundary checked and one per 16 tokens of a base stage."""
-        return self.rounds + self.word_checks + self.stage_chunks
+    # Requests the authors' API code would send for this answer. Nudging: one per lookahead, one per word
+    # boundary checked and one per 16 tokens of a base stage (the text ensemble counts its own).
+    paper_requests: int = 0
 
 
 def nudge(
@@ -55,6 +52,7 @@ def _rounds(
 
     while True:
         state.rounds += 1
+        state.paper_requests += 1
         base.finish()  # the base's last run is over (a remote base's stream is closed here)
         # 1. Lookahead: the nudger proposes up to L tokens.
         lookahead, nudger_done = nudger.greedy(nudger_prompt + state.answer, config.lookahead)
@@ -96,7 +94,7 @@ def _rounds(
             choice = run.next_choice()
             if choice.top1_prob < config.gamma:
                 break
-        state.stage_chunks += math.ceil(stage_tokens / STAGE_CHUNK)
+        state.paper_requests += math.ceil(stage_tokens / STAGE_CHUNK)
         if full:
             state.stop_reason = "length"
             return
@@ -112,6 +110,7 @@ def _accept_words(
     if queries:
         for i, (run, choice) in zip(candidates, base.choices_at_prefixes(queries)):
             state.word_checks += 1
+            state.paper_requests += 1
             if choice.is_eos or choice.top1_prob >= gamma or (" " + words[i]).startswith(choice.piece):
                 return join_words(lead, words[:i]), (run, choice)
     if len(words) == 1:

@@ -4,19 +4,23 @@ from __future__ import annotations
 
 import time
 from copy import deepcopy
-from typing import Callable, Iterator, Literal
+from typing import Callable, Iterator, Literal, Sequence
 
 from nudging import engine, models, prompts
 from nudging.backend import LocalModel, Model
-from nudging.config import NudgingConfig, SamplingConfig
+from nudging.baselines.fusion import ensemble, fused_decode, proxy_tuning
+from nudging.baselines.in_context import in_context, in_context_prompt
+from nudging.baselines.text_ensemble import text_ensemble
+from nudging.config import BaselineConfig, NudgingConfig, SamplingConfig
 from nudging.errors import InvalidArgumentError
+from nudging.methods import METHODS, MODES, Method, fitting, roles_for, working_methods
 from nudging.remote.client import ClientSettings
 from nudging.remote.spec import is_remote
 from nudging.result import GenerationResult, GenerationStats
 from nudging.text import Span, count_words, merge_spans
 
-Mode = Literal["nudging", "base", "nudger"]
-MODES = ("nudging", "base", "nudger")
+Mode = Literal["nudging", "base", "nudger", "proxy-tuning", "ensemble", "ensemble-text", "in-context"]
+ROLES = ("base", "nudger", "anti_expert")
 
 
 class Nudger:
@@ -25,6 +29,10 @@ class Nudger:
     >>> n = Nudger.from_pretrained(base="demo-base", nudger="demo-nudger", gamma=0.3)
     >>> r = n.generate("What is 12 * 7?")
     >>> r.text, r.spans, r.stop_reason, r.stats
+
+    `mode` picks the method: nudging, one model alone (base, nudger), or one of the paper's baselines
+    (proxy-tuning, ensemble, ensemble-text, in-context; see nudging.methods). Every method returns the same
+    result object.
     """
 
     def __init__(
@@ -33,11 +41,17 @@ class Nudger:
         nudger: Model | None,
         config: NudgingConfig | None = None,
         system: str | None = None,
+        *,
+        anti_expert: Model | None = None,
+        baselines: BaselineConfig | None = None,
     ) -> None:
         self.base = base
         self.nudger = nudger
+        self.anti_expert = anti_expert  # proxy tuning's untuned counterpart of the nudger
         self.config = config or NudgingConfig()
         self.system = system
+        self.baselines = baselines or BaselineConfig()
+        self._methods_checked: set[str] = set()
 
     @classmethod
     def from_pretrained(
@@ -59,32 +73,52 @@ class Nudger:
         nudger_tokenizer: str | None = None,
         remote_protocol: str = "auto",
         client_settings: ClientSettings | None = None,
+        anti_expert: str | None = None,
+        alpha: float = 1.0,
+        top_k: int = 5,
+        methods: Sequence[str] | None = None,
     ) -> "Nudger":
         """Load both models from specs: a hub id, a local folder, a .gguf file, `demo-base`/`demo-nudger`, or a
         model on an OpenAI-compatible server, `openai:MODEL@http://HOST:PORT/v1`.
 
-        With mode "base" or "nudger" only that model is loaded. For a remote model, `api_key` (else
-        $NUDGING_API_KEY or $OPENAI_API_KEY) is sent to its server, its tokenizer is loaded locally from
+        Only the models that `methods` (default: [mode]) use are loaded: "base" and "nudger" one model each,
+        proxy tuning also `anti_expert` (the nudger's untuned base, sharing the vocabulary); `alpha` is proxy
+        tuning's strength and `top_k` the text ensemble's candidates per model. For a remote model, `api_key`
+        (else $NUDGING_API_KEY or $OPENAI_API_KEY) is sent to its server, its tokenizer is loaded locally from
         `base_tokenizer` / `nudger_tokenizer` (default: the served model name), and `remote_protocol` picks how
         word boundaries are checked: auto, echo, per-word, or chunked (the authors' 16-token base requests).
         """
-        _check_mode(mode)
+        methods = list(methods) if methods else [mode]
+        for method in methods:
+            _check_mode(method)
         config = NudgingConfig(gamma, lookahead, max_new_tokens)  # validate before the slow loads
-        wanted = {"base": mode in ("nudging", "base"), "nudger": mode in ("nudging", "nudger")}
-        specs = {"base": base, "nudger": nudger}
-        # Resolve every local spec before loading any weights, so a bad spec fails fast.
-        sources = {role: models.resolve(specs[role]) for role in specs if wanted[role] and not is_remote(specs[role])}
-        tokenizers = {"base": base_tokenizer, "nudger": nudger_tokenizer}
-        samplings = {"base": base_sampling, "nudger": nudger_sampling}
-        loaded: dict[str, Model | None] = {"base": None, "nudger": None}
-        for role in ("base", "nudger"):
-            if not wanted[role]:
+        baselines = BaselineConfig(alpha, top_k)
+        wanted = roles_for(methods)
+        specs = {"base": base, "nudger": nudger, "anti_expert": anti_expert}
+        if "anti_expert" in wanted and not anti_expert:
+            raise InvalidArgumentError(
+                "proxy-tuning needs an anti-expert: the untuned base model of the nudger, with its vocabulary "
+                "(e.g. HuggingFaceTB/SmolLM2-135M for SmolLM2-135M-Instruct); give it as anti_expert / --anti-expert")
+        # Resolve every local spec, and compare vocabularies where a method needs one, before loading any
+        # weights, so a bad spec or a method these models cannot run fails fast.
+        sources = {role: models.resolve(specs[role]) for role in ROLES if role in wanted and not is_remote(specs[role])}
+        _, unfit = fitting([m for m in methods if METHODS[m].shared_vocabulary], base, nudger, anti_expert)
+        if unfit:
+            method, reason = next(iter(unfit.items()))
+            raise InvalidArgumentError(f"{method} {reason}; with these models use one of: "
+                                       f"{', '.join(working_methods(False))}")
+        tokenizers = {"base": base_tokenizer, "nudger": nudger_tokenizer, "anti_expert": None}
+        samplings = {"base": base_sampling, "nudger": nudger_sampling, "anti_expert": nudger_sampling}
+        reads_probabilities = {role for name in methods for role in METHODS[name].logprobs}
+        loaded: dict[str, Model | None] = {role: None for role in ROLES}
+        for role in ROLES:
+            if role not in wanted:
                 continue
             if is_remote(specs[role]):
                 from nudging.remote.probe import connect
 
                 loaded[role] = connect(
-                    specs[role], role=role if mode == "nudging" else "nudger", api_key=api_key,
+                    specs[role], role="base" if role in reads_probabilities else "nudger", api_key=api_key,
                     tokenizer=tokenizers[role], protocol=remote_protocol, client_settings=client_settings,
                     sampling=samplings[role],
                 )
@@ -92,7 +126,11 @@ class Nudger:
             else:
                 loaded[role] = LocalModel(*models.load(sources[role], dtype, device), name=role,
                                           sampling=samplings[role])
-        return cls(loaded["base"], loaded["nudger"], config, system)
+        nudger_ = cls(loaded["base"], loaded["nudger"], config, system, anti_expert=loaded["anti_expert"],
+                      baselines=baselines)
+        for method in methods:
+            nudger_.check_method(method)
+        return nudger_
 
     def replica(self) -> "Nudger":
         """Another Nudger over the same weights with caches and tokenizers of its own, so that two requests can
@@ -104,7 +142,35 @@ class Nudger:
                 return model.replica()
             return LocalModel(model.model, deepcopy(model.tokenizer), name=model.name, sampling=model.sampling)
 
-        return Nudger(copy(self.base), copy(self.nudger), self.config, self.system)
+        return Nudger(copy(self.base), copy(self.nudger), self.config, self.system,
+                      anti_expert=copy(self.anti_expert), baselines=self.baselines)
+
+    def check_method(self, mode: str) -> Method:
+        """The method `mode`, once checked to run on these models: the models it needs are there, and a method
+        that combines distributions token by token has local models with one vocabulary."""
+        _check_mode(mode)
+        method = METHODS[mode]
+        for role in method.roles:
+            self._need(getattr(self, role), role, mode)
+        if not method.shared_vocabulary or mode in self._methods_checked:
+            return method
+        roles = list(method.roles)
+        for role in roles:
+            model = getattr(self, role)
+            if not isinstance(model, LocalModel):
+                raise InvalidArgumentError(
+                    f"{mode} combines full next-token distributions, so it needs local models, but the {role} "
+                    f"({model.label}) is remote; with remote models use one of: {', '.join(working_methods(False))}")
+        vocabulary = self.base.tokenizer.get_vocab()
+        for role in roles[1:]:
+            other = getattr(self, role).tokenizer.get_vocab()
+            if other != vocabulary:
+                raise InvalidArgumentError(
+                    f"{mode} needs models that share one vocabulary, but the base ({len(vocabulary)} tokens) and "
+                    f"the {role.replace('_', '-')} ({len(other)} tokens) tokenize differently; with these models "
+                    f"use one of: {', '.join(working_methods(False))}")
+        self._methods_checked.add(mode)
+        return method
 
     def prompts_for(self, question: str, system: str | None = None) -> tuple[str, str]:
         """(base prompt, nudger prompt) for a question, in the paper's formats."""
@@ -124,28 +190,30 @@ class Nudger:
         state: engine.EngineState | None = None,
     ) -> Iterator[Span]:
         """Yield the answer's pieces as they are written; `state` (if given) holds the stop reason at the end."""
-        _check_mode(mode)
+        method = self.check_method(mode)
         config = config or self.config
         state = state if state is not None else engine.EngineState()
-        base_text, nudger_text = self._resolve_prompts(question, base_prompt, nudger_prompt, system)
+        base_text, nudger_text = self._resolve_prompts(question, base_prompt, nudger_prompt, system, method)
         for model in self._models().values():
             model.reset_sampling()
             if hasattr(model, "stage_tokens"):  # a remote model asks for at most the answer budget per request
                 model.stage_tokens = config.max_new_tokens
-        if mode == "base":
-            model = self._need(self.base, "base", mode)
-            model.check_prompt_fits(base_text, "the base prompt")
-            pieces = engine.single_model(model, "base", base_text, config.max_new_tokens, state)
-        elif mode == "nudger":
-            model = self._need(self.nudger, "nudger", mode)
-            model.check_prompt_fits(nudger_text, "the nudger prompt")
-            pieces = engine.single_model(model, "nudger", nudger_text, config.max_new_tokens, state)
+        prompt_of = {"base": base_text, "nudger": nudger_text, "anti_expert": base_text}
+        for role in method.roles:
+            getattr(self, role).check_prompt_fits(prompt_of[role], f"the {role.replace('_', '-')} prompt")
+        budget = config.max_new_tokens
+        if mode == "nudging":
+            pieces = engine.nudge(self.base, self.nudger, base_text, nudger_text, config, state)
+        elif mode in ("base", "nudger"):
+            pieces = engine.single_model(getattr(self, mode), mode, prompt_of[mode], budget, state)
+        elif mode == "in-context":
+            pieces = in_context(self.base, base_text, budget, state)
+        elif mode == "ensemble-text":
+            pieces = text_ensemble(self.base, self.nudger, base_text, nudger_text, self.baselines.top_k, budget, state)
         else:
-            base = self._need(self.base, "base", mode)
-            nudger = self._need(self.nudger, "nudger", mode)
-            base.check_prompt_fits(base_text, "the base prompt")
-            nudger.check_prompt_fits(nudger_text, "the nudger prompt")
-            pieces = engine.nudge(base, nudger, base_text, nudger_text, config, state)
+            combine = proxy_tuning(self.baselines.alpha) if mode == "proxy-tuning" else ensemble
+            fused = [getattr(self, role) for role in method.roles]
+            pieces = fused_decode(fused, [prompt_of[role] for role in method.roles], combine, budget, state)
         return _finishing(pieces, list(self._models().values()))
 
     def generate(
@@ -198,16 +266,22 @@ class Nudger:
 
     # --- helpers --------------------------------------------------------------------------------------------
     def _resolve_prompts(
-        self, question: str | None, base_prompt: str | None, nudger_prompt: str | None, system: str | None
+        self, question: str | None, base_prompt: str | None, nudger_prompt: str | None, system: str | None,
+        method: Method,
     ) -> tuple[str, str]:
         if question is None and base_prompt is None and nudger_prompt is None:
             raise InvalidArgumentError("give a question, or raw prompts (base_prompt and nudger_prompt)")
         if question is not None and not isinstance(question, str):
             raise InvalidArgumentError(f"question must be a string, got {type(question).__name__}")
         default_base, default_nudger = self.prompts_for(question, system) if question is not None else ("", "")
-        if question is None and (base_prompt is None or nudger_prompt is None) and self.base and self.nudger:
-            missing = "base_prompt" if base_prompt is None else "nudger_prompt"
-            raise InvalidArgumentError(f"raw prompts need both base_prompt and nudger_prompt; {missing} is missing")
+        if question is not None and method.name == "in-context":
+            default_base = in_context_prompt(question, self.system if system is None else system)
+        uses = {"base_prompt": "base" in method.roles, "nudger_prompt": "nudger" in method.roles}
+        given = {"base_prompt": base_prompt is not None, "nudger_prompt": nudger_prompt is not None}
+        missing = [name for name in uses if uses[name] and not given[name]]
+        if question is None and missing:
+            raise InvalidArgumentError(f"raw prompts for {method.name} need {' and '.join(n for n in uses if uses[n])}; "
+                                       f"{missing[0]} is missing")
         return (
             default_base if base_prompt is None else base_prompt,
             default_nudger if nudger_prompt is None else nudger_prompt,
@@ -215,11 +289,12 @@ class Nudger:
 
     def _need(self, model: Model | None, which: str, mode: str) -> Model:
         if model is None:
+            which = which.replace("_", "-")
             raise InvalidArgumentError(f"mode {mode!r} needs a {which} model, but this Nudger was built without one")
         return model
 
     def _models(self) -> dict[str, Model]:
-        return {name: m for name, m in (("base", self.base), ("nudger", self.nudger)) if m is not None}
+        return {role: getattr(self, role) for role in ROLES if getattr(self, role) is not None}
 
     def _stats(
         self, spans: list[Span], state: engine.EngineState, work: dict[str, dict[str, int]], seconds: float
@@ -238,7 +313,7 @@ class Nudger:
             models=work,
             seconds=seconds,
             word_checks=state.word_checks,
-            paper_requests=state.paper_requests(),
+            paper_requests=state.paper_requests,
         )
 
 

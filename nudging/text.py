@@ -55,3 +55,47 @@ def count_words(spans: list[Span]) -> tuple[int, int]:
     words = [match.start() for match in _WORD.finditer(text)]
     nudged = sum(1 for start in words if owner[start] == "nudger")
     return nudged, len(words)
+
+
+class StopScanner:
+    """Passes text on as soon as it cannot be the start of a stop string, and cuts at the first stop string."""
+
+    def __init__(self, stops: list[str]) -> None:
+        self.stops = stops
+        self.hold = max((len(s) for s in stops), default=1) - 1
+        self.text = ""
+        self.sources: list[tuple[int, str]] = []  # (end offset, source) of each piece
+        self.sent = 0
+        self.stopped = False
+
+    def feed(self, span: Span) -> list[Span]:
+        self.text += span.text
+        self.sources.append((len(self.text), span.source))
+        cut = self._first_stop()
+        if cut is not None:
+            self.stopped = True
+            return self._release(cut)
+        return self._release(max(self.sent, len(self.text) - self.hold))
+
+    def flush(self) -> list[Span]:
+        return [] if self.stopped else self._release(len(self.text))
+
+    def _first_stop(self) -> int | None:
+        start = max(0, self.sent - self.hold)
+        found = [i for i in (self.text.find(s, start) for s in self.stops) if i >= 0]
+        return min(found) if found else None
+
+    def _release(self, end: int) -> list[Span]:
+        pieces = []
+        start = self.sent
+        for piece_end, source in self.sources:
+            if piece_end <= start:
+                continue
+            stop = min(piece_end, end)
+            if stop > start:
+                pieces.append(Span(self.text[start:stop], source))
+                start = stop
+            if start >= end:
+                break
+        self.sent = max(self.sent, end)
+        return pieces

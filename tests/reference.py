@@ -144,3 +144,105 @@ def reference_nudging(base: RefModel, nudger: RefModel, base_prompt, nudger_prom
     except ContextFull:
         events.append("context_full")
         return finish("length")
+
+
+# --- the paper's baselines, just as plainly ---------------------------------------------------------------------
+def _logprobs(model: RefModel, ids: list[int]) -> torch.Tensor:
+    if len(ids) > model.context:
+        raise ContextFull
+    with torch.no_grad():
+        logits = model.model(input_ids=torch.tensor([ids])).logits[0, -1].double()
+    return torch.log_softmax(logits, dim=-1)
+
+
+def reference_fused(models, prompts, method, budget, alpha=1.0, temperature=0.0, seed=0):
+    """Proxy tuning (base, expert, anti-expert) or the ensemble (base, nudger) on full forward passes."""
+    ids = [m.tokens(p) for m, p in zip(models, prompts)]
+    eos = set().union(*(m.eos for m in models))
+    generator = torch.Generator().manual_seed(seed)
+    answer, spans = "", []
+    try:
+        for _ in range(budget):
+            rows = [_logprobs(m, i) for m, i in zip(models, ids)]
+            width = min(len(r) for r in rows)
+            rows = [r[:width] for r in rows]
+            if method == "proxy-tuning":
+                scores = rows[0] + alpha * (rows[1] - rows[2])
+            else:
+                scores = torch.log(sum(torch.exp(r) for r in rows) / len(rows))
+            if temperature == 0:
+                token = int(torch.argmax(scores))
+            else:
+                token = int(torch.multinomial(torch.softmax(scores / temperature, dim=-1), 1, generator=generator))
+            if token in eos:
+                return RefResult(answer, _merge(spans), "eos")
+            piece = models[0].piece(ids[0], token)
+            spans.append((piece, "base" if token == int(torch.argmax(rows[0])) else "nudger"))
+            answer += piece
+            ids = [i + [token] for i in ids]
+    except ContextFull:
+        pass
+    return RefResult(answer, _merge(spans), "length")
+
+
+def _top_strings(model: RefModel, ids: list[int], row: torch.Tensor, k: int) -> dict[str, float]:
+    """The k most likely next strings (EOS and empty pieces out, one entry per string at its highest)."""
+    best: dict[str, float] = {}
+    for token in torch.argsort(row, descending=True).tolist():
+        if len(best) == k:
+            break
+        if token in model.eos:
+            continue
+        piece = model.piece(ids, token)
+        if piece and piece not in best:
+            best[piece] = float(torch.exp(row[token]))
+    return best
+
+
+def reference_text_ensemble(base: RefModel, nudger: RefModel, base_prompt, nudger_prompt, k, budget):
+    answer, spans, events = "", [], []
+
+    def full():
+        return len(base.tokenizer(answer, add_special_tokens=False)["input_ids"]) >= budget
+
+    try:
+        while True:
+            bids, nids = base.tokens(base_prompt + answer), nudger.tokens(nudger_prompt + answer)
+            while True:
+                brow, nrow = _logprobs(base, bids), _logprobs(nudger, nids)
+                bt, nt = int(torch.argmax(brow)), int(torch.argmax(nrow))
+                if nt in nudger.eos:
+                    events.append("nudger_eos")
+                    return RefResult(answer, _merge(spans), "eos", events)
+                bpiece = "" if bt in base.eos else base.piece(bids, bt)
+                npiece = nudger.piece(nids, nt)
+                if bt not in base.eos and bpiece and bpiece == npiece:
+                    events.append("agree")
+                    bids, nids = bids + [bt], nids + [nt]
+                    answer += bpiece
+                    spans.append((bpiece, "base"))
+                    if full():
+                        return RefResult(answer, _merge(spans), "length", events)
+                    continue
+                if bt in base.eos:
+                    events.append("base_eos")
+                    text = npiece or next(iter(_top_strings(nudger, nids, nrow, k)), "")
+                else:
+                    events.append("disagree")
+                    totals: dict[str, float] = {}
+                    for model, ids, row in ((base, bids, brow), (nudger, nids, nrow)):
+                        for string, prob in _top_strings(model, ids, row, k).items():
+                            totals[string] = totals.get(string, 0.0) + prob
+                    text = max(totals.items(), key=lambda item: item[1])[0] if totals else (bpiece or npiece)
+                    if text != bpiece:
+                        events.append("nudger_string_won")
+                if not text:
+                    return RefResult(answer, _merge(spans), "eos", events)
+                answer += text
+                spans.append((text, "base" if text == bpiece and bt not in base.eos else "nudger"))
+                if full():
+                    return RefResult(answer, _merge(spans), "length", events)
+                break
+    except ContextFull:
+        events.append("context_full")
+        return RefResult(answer, _merge(spans), "length", events)

@@ -93,19 +93,29 @@ def test_not_a_causal_lm(capsys, tmp_path):
     assert code == 2 and "not a causal language model" in err
 
 
+def bench_report(capsys, tmp_path, prompts: str, *argv: str) -> dict:
+    """`nudging bench --json` on the given prompt file text; the parsed report."""
+    path = tmp_path / "prompts.jsonl"
+    path.write_text(prompts)
+    code, out, err = run_cli(capsys, "bench", "--prompts", str(path), "--json", *argv)
+    assert code == 0, err
+    return json.loads(out)
+
+
 def test_bench_json(capsys, tiny_folders, tmp_path):
-    prompts = tmp_path / "prompts.jsonl"
-    prompts.write_text('{"question": "The cat reads"}\nEvery student counts\n')
-    code, out, _ = run_cli(
-        capsys, "bench", "--base", tiny_folders["base"], "--nudger", tiny_folders["nudger"], "--prompts",
-        str(prompts), "--max-new-tokens", "16", "--json",
-    )
-    assert code == 0
-    report = json.loads(out)
-    assert report["prompts"] == 2 and report["time_ratio_vs_base"] > 0
-    assert report["base_only"]["answer_tokens"] > 0
-    assert report["nudging"]["base_forward_passes_per_answer_token"] >= 0
-    assert report["nudging"]["nudger_forward_passes_per_answer_token"] > 0
+    report = bench_report(capsys, tmp_path, '{"question": "The cat reads"}\nEvery student counts\n', "--base",
+                          tiny_folders["base"], "--nudger", tiny_folders["nudger"], "--max-new-tokens", "16")
+    assert report["prompts"] == 2 and report["base_only"]["answer_tokens"] > 0
+    # every method these models can run, timed in the same run; the shared-vocabulary ones say why they did not
+    assert set(report["methods"]) == {"nudging", "base", "nudger", "ensemble-text", "in-context"}
+    assert set(report["skipped"]) == {"proxy-tuning", "ensemble"} and "vocabulary" in report["skipped"]["ensemble"]
+    nudging = report["methods"]["nudging"]
+    assert nudging["time_ratio_vs_base"] > 0 and nudging["time_ratio_vs_nudging"] == 1.0
+    assert nudging["work_per_answer_token"]["nudger"]["forward_passes"] > 0
+    text = report["methods"]["ensemble-text"]["work_per_answer_token"]
+    assert text["base"]["forward_passes"] > 0.5 and text["nudger"]["forward_passes"] > 0.5  # about one per token
+    assert "nudger" not in report["methods"]["in-context"]["work_per_answer_token"]
+    assert all(len(row) == 2 + len(report["methods"]) for row in report["rows"])
 
 
 def test_console_script_entry_point(tiny_folders):
@@ -116,3 +126,40 @@ def test_console_script_entry_point(tiny_folders):
     )
     assert completed.returncode == 0, completed.stderr
     assert json.loads(completed.stdout)["stop_reason"] in {"nudger_eos", "repetition", "length"}
+
+
+@pytest.mark.parametrize("mode", ["proxy-tuning", "ensemble", "ensemble-text", "in-context"])
+def test_generate_runs_every_baseline(capsys, tiny_folders, mode):
+    shared = ["--base", tiny_folders["byte-base"], "--nudger", tiny_folders["nudger"],
+              "--anti-expert", tiny_folders["byte-anti"], "--alpha", "0.7"]
+    code, out, err = run_cli(capsys, "generate", "The cat reads", "--mode", mode, "--max-new-tokens", "12", "--json",
+                             *shared)
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["mode"] == mode and result["text"] == "".join(s["text"] for s in result["spans"])
+    assert result["stop_reason"] in ("eos", "length", "stop")
+    work = result["stats"]["models"]
+    # only the models a method uses are loaded
+    assert ("anti_expert" in work) == (mode == "proxy-tuning") and ("nudger" in work) == (mode != "in-context")
+    assert all(w["forward_passes"] > 0 for w in work.values())
+
+
+def test_generate_baseline_that_needs_one_vocabulary_names_the_methods_that_work(capsys, tiny_folders):
+    code, _, err = run_cli(capsys, "generate", "The cat", "--mode", "ensemble", "--base", tiny_folders["base"],
+                           "--nudger", tiny_folders["nudger"])
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert "share one vocabulary" in err and "ensemble-text" in err and "in-context" in err
+    code, _, err = run_cli(capsys, "generate", "The cat", "--mode", "proxy-tuning", "--base", tiny_folders["byte-base"],
+                           "--nudger", tiny_folders["nudger"])
+    assert code == 2 and "--anti-expert" in err
+
+
+def test_bench_times_the_shared_vocabulary_baselines(capsys, tiny_folders, tmp_path):
+    report = bench_report(capsys, tmp_path, "The cat reads\n", "--base", tiny_folders["byte-base"], "--nudger",
+                          tiny_folders["nudger"], "--anti-expert", tiny_folders["byte-anti"], "--max-new-tokens", "8",
+                          "--method", "all")
+    assert list(report["methods"]) == ["nudging", "base", "nudger", "proxy-tuning", "ensemble", "ensemble-text",
+                                       "in-context"] and report["skipped"] == {}
+    proxy = report["methods"]["proxy-tuning"]["work_per_answer_token"]
+    assert set(proxy) == {"base", "nudger", "anti_expert"}  # one pass per model and token
+    assert all(abs(work["forward_passes"] - 1.0) < 0.5 for work in proxy.values())

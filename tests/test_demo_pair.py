@@ -9,7 +9,8 @@ from __future__ import annotations
 import pytest
 
 from nudging import LocalModel, Nudger, models, prompts
-from reference import RefModel, reference_nudging
+from nudging.baselines.in_context import STOP, in_context_prompt
+from reference import RefModel, reference_nudging, reference_text_ensemble
 
 pytestmark = pytest.mark.demo
 
@@ -64,3 +65,28 @@ def test_demo_pair_nudges_and_reuses_caches():
         work = result.stats.models["base"]
         # Recomputing from scratch would feed at least the whole prompt on every pass.
         assert work["tokens_processed"] < work["forward_passes"] * prompt_tokens / 2 or work["forward_passes"] <= 2
+
+
+# --- the paper's baselines that work across tokenizers ------------------------------------------------------------
+@pytest.mark.parametrize("question", QUESTIONS[1:])
+def test_text_ensemble_matches_reference_on_demo_pair(pair, engine, question):
+    (base_model, base_tok), (nudger_model, nudger_tok) = pair
+    expected = reference_text_ensemble(
+        RefModel(base_model, base_tok), RefModel(nudger_model, nudger_tok), prompts.base_prompt(question),
+        prompts.chat_prompt(nudger_tok, question), 5, 24,
+    )
+    got = engine.generate(question, mode="ensemble-text", max_new_tokens=24)
+    assert got.text == expected.text
+    assert [(span.text, span.source) for span in got.spans] == expected.spans
+    assert got.stop_reason == expected.stop_reason
+    assert "disagree" in expected.events and "agree" in expected.events  # two tokenizers: both branches
+
+
+def test_in_context_on_demo_pair_stops_at_the_next_query(pair, engine):
+    (base_model, base_tok), _ = pair
+    question = "What is the capital of France?"
+    got = engine.generate(question, mode="in-context", max_new_tokens=40)
+    expected, _ = RefModel(base_model, base_tok).greedy(in_context_prompt(question), 40)
+    assert STOP in expected  # the base answers, then starts the next turn
+    assert got.text == expected.split(STOP)[0] and got.stop_reason == "stop"
+    assert "Paris" in got.text and got.stats.models["nudger"]["forward_passes"] == 0

@@ -262,3 +262,33 @@ def test_data_for_a_task_not_in_the_run_is_a_warning(tiny_folders, tmp_path):
                                  max_new_tokens=2, limit=1, out=tmp_path, data={"gsm8k": "items.csv"})
     runner.run(request, warn=warnings.append)
     assert warnings == ["--data gsm8k=... is not used: gsm8k is not among the tasks of this run"]
+
+
+def test_method_all_runs_every_method_the_models_can_and_says_why_not_the_others(capsys, tiny_folders, tmp_path):
+    code, _, err = run_eval(capsys, "--task", "coin_flip", "--method", "all", *models(tiny_folders), "--limit", "2",
+                              "--max-new-tokens", "8", "--out", str(tmp_path))
+    assert code == 0
+    methods = {"base", "nudger", "nudging", "ensemble-text", "in-context"}
+    assert set(result_files(tmp_path)) == {f"coin_flip/{m}" for m in methods}
+    assert "skipping proxy-tuning" in err and "skipping ensemble," in err
+    table = (tmp_path / "summary.md").read_text()
+    by_method = table.split("## By method")[1].split("## ")[0]
+    for method in methods:  # one row per method: 1 task, 2 items
+        assert f"| {method} | 1 | 2 |" in by_method, by_method
+    for path in result_files(tmp_path).values():
+        for row in rows(path):
+            assert row["ended_by_itself"] == (row["stop_reason"] in ("eos", "nudger_eos", "stop"))
+
+
+def test_proxy_tuning_settings_are_part_of_the_result_key(capsys, tiny_folders, tmp_path):
+    shared = ["--base", tiny_folders["byte-base"], "--nudger", tiny_folders["nudger"], "--anti-expert",
+              tiny_folders["byte-anti"], "--task", "coin_flip", "--limit", "2", "--max-new-tokens", "6",
+              "--out", str(tmp_path)]
+    assert run_eval(capsys, "--method", "proxy-tuning", "--method", "ensemble", *shared)[0] == 0
+    assert run_eval(capsys, "--method", "proxy-tuning", "--alpha", "0.5", *shared)[0] == 0
+    proxy = sorted(tmp_path.glob("coin_flip__proxy-tuning__*.jsonl"))
+    assert len(proxy) == 2 and len(list(tmp_path.glob("coin_flip__ensemble__*.jsonl"))) == 1
+    alphas = sorted(json.loads(p.with_suffix(".json").read_text())["alpha"] for p in proxy)
+    assert alphas == [0.5, 1.0]
+    settings = json.loads(next(tmp_path.glob("coin_flip__ensemble__*.json")).read_text())
+    assert settings["anti_expert"] is None and settings["gamma"] is None and settings["nudger"]

@@ -332,11 +332,10 @@ def test_cli_generate_eval_and_bench_with_remote_models(servers, tiny_folders, l
         assert row["prediction"] == local.generate(row["prompt"], system=_system(), max_new_tokens=24).text
     capsys.readouterr()
 
-    assert main(["bench", "--max-new-tokens", "16", "--json", *models]) == 0
+    assert main(["bench", "--max-new-tokens", "16", "--json", "--method", "nudging", *models]) == 0
     report = json.loads(capsys.readouterr().out)
-    nudging = report["nudging"]
-    assert nudging["requests_per_answer_token"] > 0 and nudging["paper_requests_per_answer_token"] > 0
-    assert report["base_only"]["forward_passes_per_answer_token"] is None
+    nudging = report["methods"]["nudging"]
+    assert nudging["work_per_answer_token"]["base"]["requests"] > 0 and nudging["paper_requests_per_answer_token"] > 0
 
 
 def _system() -> str:
@@ -355,3 +354,42 @@ def test_cli_remote_errors_are_one_line(capsys):
     assert err.startswith("nudging: error:") and "gave up after 1 tries" in err and err.count("\n") == 1
     assert main(["generate", "hi", "--timeout", "0"]) == 2
     assert "--timeout" in capsys.readouterr().err
+
+
+# --- the paper's baselines over the API -------------------------------------------------------------------------
+def test_remote_text_ensemble_and_in_context_give_the_local_answers(servers, tiny_folders, local):
+    from nudging.config import BaselineConfig
+
+    pair = remote(servers, tiny_folders, methods=["ensemble-text", "in-context"])
+    runs = 0
+    for question, k in [(q, k) for q in QUESTIONS for k in (1, 5)]:
+        pair.baselines = local.baselines = BaselineConfig(top_k=k)
+        expected = local.generate(question, mode="ensemble-text", max_new_tokens=32)
+        got = pair.generate(question, mode="ensemble-text", max_new_tokens=32)
+        assert same(got, expected), (question, k, got.text, expected.text)
+        for role in ("base", "nudger"):  # one stream per run and model, each read only up to the disagreement
+            work = got.stats.models[role]
+            assert work["requests"] == work["streamed_requests"] == got.stats.rounds, (role, work)
+        runs += got.stats.rounds
+    assert runs > 2 * len(QUESTIONS)  # disagreements happened: new runs from the re-tokenized text
+    for question in QUESTIONS:
+        expected = local.generate(question, mode="in-context", max_new_tokens=24)
+        got = pair.generate(question, mode="in-context", max_new_tokens=24)
+        assert same(got, expected) and got.stats.models["base"]["requests"] == 1
+
+
+def test_methods_that_combine_distributions_need_local_models(servers, tiny_folders):
+    with pytest.raises(InvalidArgumentError) as error:
+        remote(servers, tiny_folders, methods=["ensemble"])
+    assert "remote" in str(error.value) and "ensemble-text" in str(error.value)
+
+
+def test_served_logprobs_give_the_top_k_strings(servers):
+    body = {"model": "tiny-base", "prompt": "the cat reads", "max_tokens": 3, "temperature": 0, "logprobs": 5}
+    choice = httpx.post(servers["base"] + "/completions", json=body, timeout=30).json()["choices"][0]
+    tops = choice["logprobs"]["top_logprobs"]
+    assert len(tops) == 3 and all(1 <= len(top) <= 5 for top in tops)
+    for token, top in zip(choice["logprobs"]["tokens"], tops):
+        assert max(top, key=top.get) == token  # greedy: the chosen string is the most likely
+    body["logprobs"] = 21
+    assert httpx.post(servers["base"] + "/completions", json=body, timeout=30).status_code == 422

@@ -132,15 +132,18 @@ def local(model, tokenizer, name: str) -> LocalModel:
 
 # name: (tokenizer factory, seed, eos logit scale, context length)
 TINY_FOLDERS = {
-    "base": (metaspace_tokenizer, 2, 1.0, 1024),
-    "nudger": (byte_level_tokenizer, 5, 1.4, 1024),
+    "base": (metaspace_tokenizer, 2, 1.0, 2048),  # room for the in-context prompt
+    "nudger": (byte_level_tokenizer, 5, 1.4, 2048),
     "short": (byte_level_tokenizer, 6, 1.0, 24),
+    # with "nudger", one vocabulary: a base and an anti-expert for proxy tuning and the exact ensemble
+    "byte-base": (byte_level_tokenizer, 1, 1.0, 2048),
+    "byte-anti": (byte_level_tokenizer, 9, 1.0, 2048),
 }
 
 
 def save_tiny_models(root: Path, names: tuple[str, ...] = tuple(TINY_FOLDERS)) -> dict[str, str]:
     """Tiny models saved as Hugging Face folders (specs are their paths): a base and a nudger with different
-    tokenizers, and one with a 24-token context."""
+    tokenizers, one with a 24-token context, and a base and anti-expert that share the nudger's vocabulary."""
     folders = {}
     for name in names:
         make_tokenizer, seed, eos_logit_scale, positions = TINY_FOLDERS[name]

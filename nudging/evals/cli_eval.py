@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from nudging.cli import remote_options
+from nudging.cli import chosen_methods, remote_options
 from nudging.errors import InvalidArgumentError
 from nudging.evals import report, runner
 from nudging.evals.judge import Judge
-from nudging.nudger import MODES
+
+DEFAULT_METHODS = ["base", "nudger", "nudging"]
 
 
 def parse_data(values: list[str]) -> dict[str, str]:
@@ -22,7 +23,7 @@ def parse_data(values: list[str]) -> dict[str, str]:
     return data
 
 
-def request_from(args: argparse.Namespace) -> runner.EvalRequest:
+def request_from(args: argparse.Namespace, warn=print) -> runner.EvalRequest:
     if args.max_new_tokens < 1:
         raise InvalidArgumentError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
     out = Path(args.out)
@@ -32,11 +33,14 @@ def request_from(args: argparse.Namespace) -> runner.EvalRequest:
             raise InvalidArgumentError("LLM-judge scoring needs both --judge-url and --judge-model")
         out.mkdir(parents=True, exist_ok=True)
         judge = Judge(args.judge_url, args.judge_model, out / "judge_cache.jsonl")
+    methods, skipped = chosen_methods(args.method, args, DEFAULT_METHODS)
+    for method, reason in skipped.items():
+        warn(f"--method all: skipping {method}, which {reason}")
     return runner.EvalRequest(
-        tasks=runner.expand_tasks(args.task), methods=args.method or list(MODES[1:] + MODES[:1]),
+        tasks=runner.expand_tasks(args.task), methods=methods,
         base=args.base, nudger=args.nudger, gamma=args.gamma, lookahead=args.lookahead,
         max_new_tokens=args.max_new_tokens, limit=args.limit, seed=args.seed, out=out, dtype=args.dtype,
-        device=args.device, data=parse_data(args.data), judge=judge, remote=remote_options(args),
+        device=args.device, data=parse_data(args.data), judge=judge, load_options=remote_options(args),
         concurrency=args.concurrency,
     )
 
@@ -49,7 +53,7 @@ def main(args: argparse.Namespace) -> int:
     if args.report is not None:
         folder = Path(args.out if args.report is True else args.report)
     else:
-        request = request_from(args)
+        request = request_from(args, warn=lambda m: console.print(f"warning: {m}", style="yellow"))
         _run_with_progress(request, console)
         folder = request.out
     _, files = report.build(folder)

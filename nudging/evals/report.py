@@ -13,7 +13,7 @@ from nudging.errors import InvalidArgumentError
 from nudging.evals import scoring, store
 from nudging.evals.tasks import TASK_NAMES
 
-METHOD_ORDER = ("base", "nudger", "nudging")
+METHOD_ORDER = ("base", "in-context", "nudger", "proxy-tuning", "ensemble", "ensemble-text", "nudging")
 Z95 = 1.959964
 
 
@@ -130,7 +130,7 @@ def markdown(summaries: list[Summary]) -> str:
     nudgers = sorted({s.nudger for s in summaries if s.nudger})
     budgets = sorted({s.max_new_tokens for s in summaries})
     lines = [f"Base: {', '.join(bases) or '-'} · nudger: {', '.join(nudgers) or '-'} · "
-             f"max new tokens: {', '.join(map(str, budgets))}", "",
+             f"max new tokens: {', '.join(map(str, budgets))}", "", *_by_method(summaries, methods), "",
              "## Accuracy (%) with 95% Wilson interval", "",
              "| task | items | " + " | ".join(methods) + " | nudged words |",
              "|---|---:|" + "---|" * len(methods) + "---:|"]
@@ -166,6 +166,21 @@ def markdown(summaries: list[Summary]) -> str:
         cells = [f"{by[(task, m)].mean_seconds:.1f}" if (task, m) in by else "-" for m in methods]
         lines.append(f"| {task} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _by_method(summaries: list[Summary], methods: list[str]) -> list[str]:
+    """One row per method over all its tasks: mean accuracy, answers that ended by themselves, time."""
+    lines = ["## By method", "", "| method | tasks | items | mean accuracy (%) | ended by itself | seconds per item |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for method in methods:
+        mine = [s for s in summaries if s.method == method]
+        scores = [s.accuracy for s in mine if s.accuracy is not None]
+        items = sum(s.items for s in mine)
+        seconds = sum(s.mean_seconds * s.items for s in mine) / items if items else 0.0
+        accuracy = f"{100 * sum(scores) / len(scores):.1f}" if scores else "-"
+        ended = sum(s.ended_by_itself for s in mine)
+        lines.append(f"| {method} | {len(mine)} | {items} | {accuracy} | {ended}/{items} | {seconds:.1f} |")
+    return lines
 
 
 def write_csv(summaries: list[Summary], path: Path) -> None:

@@ -22,12 +22,14 @@ from nudging.evals.examples import LETTERS, Example
 from nudging.evals.judge import Judge
 from nudging.evals.tasks import TASK_NAMES, Task, get_task, load_examples, select
 from nudging.evals.sources import DataUnavailableError
-from nudging.nudger import MODES, Nudger
+from nudging.methods import METHODS, MODES
+from nudging.nudger import Nudger
 from nudging.remote.spec import is_remote
 
 RESULT_VERSION = 1  # bump when prompts or scoring change, so old results are not mixed with new ones
-ENDED_BY_ITSELF = ("eos", "nudger_eos")
-LATER_FIELDS = ("base_protocol",)  # left out of the key while unset, so older result files keep their names
+ENDED_BY_ITSELF = ("eos", "nudger_eos", "stop")  # "stop": in-context alignment reached its next "# Query"
+# left out of the key while unset, so older result files keep their names
+LATER_FIELDS = ("base_protocol", "anti_expert", "alpha", "top_k")
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,9 @@ class RunSettings:
     data: str | None = None
     version: int = RESULT_VERSION
     base_protocol: str | None = None  # "chunked" only: the one remote protocol whose answers can differ
+    anti_expert: str | None = None  # proxy tuning
+    alpha: float | None = None  # proxy tuning
+    top_k: int | None = None  # ensemble-text
 
     @property
     def key(self) -> str:
@@ -73,12 +78,14 @@ class EvalRequest:
     device: str = "auto"
     data: dict[str, str] = field(default_factory=dict)
     judge: Judge | None = None
-    remote: dict[str, Any] = field(default_factory=dict)  # Nudger.from_pretrained's options for remote models
+    # Nudger.from_pretrained's options for remote models and the baselines (anti_expert, alpha, top_k)
+    load_options: dict[str, Any] = field(default_factory=dict)
     concurrency: int = 1  # items answered at once (each on its own replica: useful with remote models)
 
     def settings(self, task: str, method: str) -> RunSettings:
-        uses_base = method in ("base", "nudging")
-        uses_nudger = method in ("nudger", "nudging")
+        roles = METHODS[method].roles
+        uses_base, uses_nudger = "base" in roles, "nudger" in roles
+        option = self.load_options.get
         return RunSettings(
             task=task, method=method,
             base=self.base if uses_base else None,
@@ -87,7 +94,10 @@ class EvalRequest:
             lookahead=self.lookahead if method == "nudging" else None,
             max_new_tokens=self.max_new_tokens, seed=self.seed, dtype=self.dtype, data=self.data.get(task),
             base_protocol="chunked" if uses_base and is_remote(self.base)
-            and self.remote.get("remote_protocol") == "chunked" else None,
+            and option("remote_protocol") == "chunked" else None,
+            anti_expert=option("anti_expert") if method == "proxy-tuning" else None,
+            alpha=float(option("alpha", 1.0)) if method == "proxy-tuning" else None,
+            top_k=option("top_k", 5) if method == "ensemble-text" else None,
         )
 
 
@@ -131,12 +141,10 @@ class LazyNudger:
 
     def _load(self) -> Nudger:
         if self._nudger is None:
-            methods = set(self.request.methods)
-            mode = "nudging" if "nudging" in methods or methods >= {"base", "nudger"} else methods.pop()
             self._nudger = Nudger.from_pretrained(
                 self.request.base, self.request.nudger, gamma=self.request.gamma, lookahead=self.request.lookahead,
                 max_new_tokens=self.request.max_new_tokens, dtype=self.request.dtype, device=self.request.device,
-                mode=mode, **self.request.remote,
+                methods=self.request.methods, **self.request.load_options,
             )
             self._replicas.put(self._nudger)
             for _ in range(self.request.concurrency - 1):

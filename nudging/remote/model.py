@@ -23,7 +23,7 @@ from copy import deepcopy
 from dataclasses import asdict, dataclass
 from typing import Any, Iterator, Literal, Sequence
 
-from nudging.backend import Choice, TokenizedModel
+from nudging.backend import Choice, TokenizedModel, best_strings
 from nudging.config import SamplingConfig
 from nudging.engine import STAGE_CHUNK
 from nudging.errors import ContextWindowFull, RemoteError
@@ -71,6 +71,7 @@ class Capabilities:
 class _Token:
     piece: str
     top1_prob: float
+    top: dict[str, float] | None = None  # the server's top_logprobs entry
 
 
 def _top1_prob(logprob: float | None, top: dict[str, float] | None) -> float:
@@ -92,7 +93,7 @@ def tokens_of(text: str, logprobs: dict[str, Any] | None) -> list[_Token]:
     tops = logprobs.get("top_logprobs") or [None] * len(strings)
     probs = [_top1_prob(v, t) for v, t in zip(values, tops)]
     pieces = list(strings) if "".join(strings) == text else [""] * (len(strings) - 1) + [text]
-    return [_Token(piece, prob) for piece, prob in zip(pieces, probs)]
+    return [_Token(piece, prob, top) for piece, prob, top in zip(pieces, probs, tops)]
 
 
 class RemoteModel(TokenizedModel):
@@ -180,9 +181,10 @@ class RemoteModel(TokenizedModel):
         return self.client.stream(body)
 
     # --- the engine's interface -----------------------------------------------------------------------------
-    def start_run(self, text: str) -> "RemoteRun":
-        """A run for plain decoding (single-model modes): streamed without logprobs, ends at its budget."""
-        return RemoteRun(self, text, probabilities=False)
+    def start_run(self, text: str, top_k: int = 0) -> "RemoteRun":
+        """A run for plain decoding (single-model modes): streamed without logprobs, ends at its budget; with
+        top_k, streamed with top_k logprobs per token (the text ensemble)."""
+        return RemoteRun(self, text, probabilities=top_k > 0, top_k=top_k)
 
     def greedy(self, text: str, max_tokens: int) -> tuple[str, bool]:
         """greedy(x, n) of the spec in one request; returns (its text, hit EOS)."""
@@ -274,10 +276,13 @@ class RemoteRun:
     is asked again and the tokens already read are skipped, which is exact for greedy decoding.
     """
 
-    def __init__(self, model: RemoteModel, text: str, *, probabilities: bool, expected: Choice | None = None):
+    def __init__(
+        self, model: RemoteModel, text: str, *, probabilities: bool, expected: Choice | None = None, top_k: int = 0
+    ):
         self.model = model
         self.text = text
         self.probabilities = probabilities
+        self.top_k = top_k
         self.expected = expected  # the echo's choice for the first token, checked when it is read
         self.written = ""  # text of the tokens appended so far
         self._buffer: list[_Token] = []
@@ -291,7 +296,12 @@ class RemoteRun:
         token = self._peek()
         if token is None:
             return EOS_CHOICE
-        return Choice(self._appended, token.top1_prob, token.piece, False)
+        alternatives = ()
+        if self.top_k:
+            eos = self.model.eos_strings
+            alternatives = best_strings(
+                ((s, math.exp(v)) for s, v in (token.top or {}).items() if v is not None and s not in eos), self.top_k)
+        return Choice(self._appended, token.top1_prob, token.piece, False, alternatives)
 
     def append(self, token: int) -> str:
         """Extend the run by its next token (the one next_choice returned); returns its piece."""
@@ -340,7 +350,7 @@ class RemoteRun:
         """Chunks of one streamed request, asked again (skipping what was read) if the stream breaks. Only
         breaks in a row without a new token count against the retries."""
         model = self.model
-        fields = {"logprobs": 1} if self.probabilities else {}
+        fields = {"logprobs": max(1, self.top_k)} if self.probabilities else {}
         skip_tokens = skip_chars = 0
         failures, read_at_break = 0, -1
         while True:
@@ -374,7 +384,7 @@ class RemoteRun:
     def _fetch_chunk(self, prompt: str) -> Iterator[dict[str, Any]]:
         model = self.model
         model.counters.chunked_requests += 1
-        payload = model.complete(model.body(prompt, STAGE_CHUNK, logprobs=1))
+        payload = model.complete(model.body(prompt, STAGE_CHUNK, logprobs=max(1, self.top_k)))
         choice = payload["choices"][0]
         yield {"tokens": tokens_of(choice.get("text") or "", choice.get("logprobs")),
                "finish_reason": choice.get("finish_reason") or "length"}

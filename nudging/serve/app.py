@@ -191,7 +191,7 @@ async def _respond(service: Service, job: Job, body, request: Request, settings:
 
 
 async def _scored(service: Service, job: Job, body: CompletionRequest, settings: ServerSettings):
-    """A completion with top-1 logprobs (and the prompt's, with echo): one model; streamed one token per chunk."""
+    """A completion with top-k logprobs (and the prompt's, with echo): one model; streamed one token per chunk."""
     if job.mode == "nudging":
         raise APIError(422, "logprobs and echo come from one model: serve with --mode base|nudger, or send "
                             "nudging: false", param="logprobs" if body.logprobs is not None else "echo",
@@ -217,7 +217,7 @@ async def _scored(service: Service, job: Job, body: CompletionRequest, settings:
     def work(replica):
         model = model_of(replica)
         return len(model.tokenize(job.base_prompt)), score_completion(
-            model, job.base_prompt, job.max_tokens, body.echo, job.stops)
+            model, job.base_prompt, job.max_tokens, body.echo, job.stops, max(1, body.logprobs or 0))
 
     prompt_tokens, scored = await service.call(work)
     choice = {"index": 0, "text": scored.text, "finish_reason": scored.finish_reason,
@@ -233,7 +233,8 @@ async def _scored_events(service: Service, job: Job, body: CompletionRequest, se
     ending: dict[str, str] = {}
 
     def work(replica, put, cancelled) -> None:
-        for token in generated_tokens(model_of(replica), job.base_prompt, job.max_tokens, ending):
+        for token in generated_tokens(model_of(replica), job.base_prompt, job.max_tokens, ending,
+                                      max(1, body.logprobs or 0)):
             put(token)
             if cancelled.is_set():
                 return

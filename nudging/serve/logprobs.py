@@ -1,4 +1,4 @@
-"""Completions with top-1 log-probabilities (and the prompt's, with echo) from one model: what an API backend
+"""Completions with top-k log-probabilities (and the prompt's, with echo) from one model: what an API backend
 needs from a server (`--mode base|nudger`).
 
 Token strings are pieces in context (what the token adds to the text before it), so a client can compare them
@@ -75,12 +75,17 @@ def _prompt_pieces(model: LocalModel, prompt: str, count: int) -> list[str]:
     return pieces
 
 
-def _scored(model: LocalModel, ids: list[int], row: torch.Tensor, token: int, text: str) -> ScoredToken:
-    best = int(torch.argmax(row))
-    return ScoredToken(text, float(row[token]), {_piece_after(model, ids, best): float(row[best])})
+def _scored(model: LocalModel, ids: list[int], row: torch.Tensor, token: int, text: str, top: int) -> ScoredToken:
+    """A token with its logprob and the `top` most likely pieces at its position (a piece that several tokens
+    write keeps its best logprob, as a dict keyed by string must)."""
+    values, best = torch.topk(row, top)
+    pieces: dict[str, float] = {}
+    for value, candidate in zip(values.tolist(), best.tolist()):
+        pieces.setdefault(_piece_after(model, ids, candidate), value)
+    return ScoredToken(text, float(row[token]), pieces)
 
 
-def prompt_tokens(model: LocalModel, prompt: str) -> list[ScoredToken]:
+def prompt_tokens(model: LocalModel, prompt: str, top: int = 1) -> list[ScoredToken]:
     """The prompt's tokens, each with its log-probability given the tokens before it (the first has none)."""
     ids = model.tokenize(prompt)
     logprobs = torch.log_softmax(model.logits_from(ids, 0), dim=-1)
@@ -89,11 +94,13 @@ def prompt_tokens(model: LocalModel, prompt: str) -> list[ScoredToken]:
         if position == 0:
             scored.append(ScoredToken(piece, None, None))
         else:
-            scored.append(_scored(model, ids[:position], logprobs[position - 1], token, piece))
+            scored.append(_scored(model, ids[:position], logprobs[position - 1], token, piece, top))
     return scored
 
 
-def generated_tokens(model: LocalModel, prompt: str, max_tokens: int, ending: dict[str, str]) -> Iterator[ScoredToken]:
+def generated_tokens(
+    model: LocalModel, prompt: str, max_tokens: int, ending: dict[str, str], top: int = 1
+) -> Iterator[ScoredToken]:
     """Decode with the model's sampling settings, one scored token at a time; sets ending["finish_reason"]
     to "stop" at EOS, else "length" (the budget or the context window is used up)."""
     ending["finish_reason"] = "length"
@@ -107,20 +114,22 @@ def generated_tokens(model: LocalModel, prompt: str, max_tokens: int, ending: di
                 return
             ids = list(run.ids)
             piece = run.append(choice.token)
-            yield _scored(model, ids, torch.log_softmax(logits, dim=-1), choice.token, piece)
+            yield _scored(model, ids, torch.log_softmax(logits, dim=-1), choice.token, piece, top)
     except ContextWindowFull:
         return
 
 
-def score_completion(model: LocalModel, prompt: str, max_tokens: int, echo: bool, stops: list[str]) -> ScoredText:
+def score_completion(
+    model: LocalModel, prompt: str, max_tokens: int, echo: bool, stops: list[str], top: int = 1
+) -> ScoredText:
     """A whole completion with its logprobs (and the prompt's, with echo), cut at the first stop string."""
     scored = ScoredText()
     if echo:
-        for token in prompt_tokens(model, prompt):
+        for token in prompt_tokens(model, prompt, top):
             scored.add(token)
     start = len(scored.text)
     ending: dict[str, str] = {}
-    for token in generated_tokens(model, prompt, max_tokens, ending):
+    for token in generated_tokens(model, prompt, max_tokens, ending, top):
         scored.add(token)
         scored.completion_tokens += 1
     scored.finish_reason = ending["finish_reason"]

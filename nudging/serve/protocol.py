@@ -8,6 +8,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from nudging.config import MAX_TOP_K
+
 
 class NudgingFields(BaseModel):
     """Per-request nudging settings, sent as extra body fields (OpenAI clients: `extra_body=`)."""
@@ -47,7 +49,7 @@ class CompletionRequest(SamplingFields, NudgingFields):
 
     prompt: str | list[str]
     echo: bool = False
-    logprobs: int | None = Field(default=None, ge=0, le=1)  # top-1 only
+    logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_K)  # top-k strings per position (0 and 1: top-1)
 
     @field_validator("prompt")
     @classmethod
