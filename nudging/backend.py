@@ -3,6 +3,11 @@
 One `LocalModel` owns one tokenizer, one model and one KV cache. The cache holds the ids of the last forward
 pass; any new request keeps the longest common prefix of those ids and prefills only the rest, so a new run on
 re-tokenized text, a run that extends its own ids, and a batch of word-boundary queries all reuse it.
+
+Beside the KV cache it keeps the next-token logits of the latest positions it computed. A run whose ids follow
+ids already fed through the model reads them instead of making a pass: the base verifies a draft (the nudger's
+lookahead, base-tokenized) in the one pass that checks the word boundaries, and a nudger whose next lookahead
+repeats tokens of its last one does not compute them again.
 """
 
 from __future__ import annotations
@@ -20,13 +25,16 @@ from nudging.pieces import IncrementalDetokenizer
 
 @dataclass
 class ModelCounters:
-    """Work done by one model: forward passes and tokens fed through it."""
+    """Work done by one model: forward passes, tokens fed through it, and positions whose next-token logits
+    came from an earlier pass instead of a new one."""
 
     forward_passes: int = 0
     tokens_processed: int = 0
+    reused_positions: int = 0
 
     def to_dict(self) -> dict[str, int]:
-        return {"forward_passes": self.forward_passes, "tokens_processed": self.tokens_processed}
+        return {"forward_passes": self.forward_passes, "tokens_processed": self.tokens_processed,
+                "reused_positions": self.reused_positions}
 
 
 @dataclass(frozen=True)
@@ -52,6 +60,9 @@ def best_strings(candidates: Iterable[tuple[str, float]], top_k: int) -> tuple[t
         if string and prob > best.get(string, -1.0):
             best[string] = prob
     return tuple(sorted(best.items(), key=lambda item: item[1], reverse=True)[:top_k])
+
+
+ROWS_KEPT = 128  # next-token logits kept per model, for the latest positions (a lookahead and a stage fit)
 
 
 def eos_token_ids(model: Any, tokenizer: Any) -> frozenset[int]:
@@ -87,11 +98,11 @@ class Model(Protocol):
 
     def count_tokens(self, text: str) -> int: ...
     def check_prompt_fits(self, text: str, what: str) -> None: ...
-    def reset_sampling(self) -> None: ...
+    def start_generation(self) -> None: ...
     def finish(self) -> None: ...
     def greedy(self, text: str, max_tokens: int) -> tuple[str, bool]: ...
     def start_run(self, text: str, top_k: int = 0) -> Any: ...
-    def choices_at_prefixes(self, texts: Sequence[str]) -> Iterator[tuple[Any, Choice]]: ...
+    def choices_at_prefixes(self, texts: Sequence[str], draft: str | None = None) -> Iterator[tuple[Any, Choice]]: ...
 
 
 class TokenizedModel:
@@ -138,6 +149,7 @@ class LocalModel(TokenizedModel):
         self.reset_sampling()
         self._cache: DynamicCache | None = None
         self._cached_ids: list[int] = []
+        self._rows: dict[int, torch.Tensor] = {}  # position p -> next-token logits after _cached_ids[: p + 1]
 
     @property
     def device(self) -> torch.device:
@@ -145,6 +157,12 @@ class LocalModel(TokenizedModel):
 
     def finish(self) -> None:
         """Nothing to release at the end of a generation (the KV cache is kept for the next one)."""
+
+    def start_generation(self) -> None:
+        """A new answer: the sampler restarts, and logits kept from earlier answers are dropped, so that each
+        answer pays for its own passes (the KV cache of a shared prompt is still reused)."""
+        self._rows = {}
+        self.reset_sampling()
 
     def reset_sampling(self) -> None:
         """Restart the sampler: from its seed (reproducible), or from a fresh random seed when none is set."""
@@ -162,6 +180,9 @@ class LocalModel(TokenizedModel):
         """
         if self.context_length is not None and len(ids) > self.context_length:
             raise ContextWindowFull(f"{self.name}: {len(ids)} tokens exceed the context of {self.context_length}")
+        known = self._known_rows(ids, first_position)
+        if known is not None:
+            return known
         keep = 0
         limit = min(len(self._cached_ids), first_position, len(ids) - 1)
         cached = self._cached_ids
@@ -179,12 +200,35 @@ class LocalModel(TokenizedModel):
                     input_ids=new_ids, cache=self._cache, use_cache=True, logits_to_keep=len(ids) - first_position
                 )
         except BaseException:
-            self._cache, self._cached_ids = None, []
+            self._cache, self._cached_ids, self._rows = None, [], {}
             raise
         self._cached_ids = list(ids)
         self.counters.forward_passes += 1
         self.counters.tokens_processed += len(ids) - keep
-        return output.logits[0].float()
+        logits = output.logits[0].float()
+        self._remember_rows(logits, first_position, keep)
+        return logits
+
+    def _known_rows(self, ids: Sequence[int], first_position: int) -> torch.Tensor | None:
+        """The logits logits_from would compute, if an earlier pass over the same ids computed them all."""
+        positions = range(first_position, len(ids))
+        if not all(p in self._rows for p in positions) or len(ids) > len(self._cached_ids):
+            return None
+        if self._cached_ids[: len(ids)] != list(ids):
+            return None
+        self.counters.reused_positions += len(positions)
+        return torch.stack([self._rows[p] for p in positions])
+
+    def _remember_rows(self, logits: torch.Tensor, first_position: int, keep: int) -> None:
+        """Keep the rows of this pass and those of earlier passes whose ids are still the cached prefix."""
+        newest = len(self._cached_ids) - 1
+        oldest = max(first_position, newest + 1 - ROWS_KEPT)
+        self._rows = {p: row for p, row in self._rows.items() if p < keep and p > newest - ROWS_KEPT}
+        fresh = logits[oldest - first_position :]
+        if len(fresh) < len(logits):
+            fresh = fresh.clone()  # don't hold a long prompt's logits alive through a few views
+        for offset, row in enumerate(fresh):
+            self._rows[oldest + offset] = row
 
     def choose(self, logits: torch.Tensor, ids: Sequence[int], detok: IncrementalDetokenizer, top_k: int = 0) -> Choice:
         """Top-1 probability of one position's logits and the token this model writes there (and with top_k,
@@ -236,15 +280,20 @@ class LocalModel(TokenizedModel):
             pieces.append(run.append(choice.token))
         return "".join(pieces), False
 
-    def choices_at_prefixes(self, texts: Sequence[str]) -> Iterator[tuple["Run", Choice]]:
+    def choices_at_prefixes(self, texts: Sequence[str], draft: str | None = None) -> Iterator[tuple["Run", Choice]]:
         """The next token after each text, in order, for texts that extend one another.
 
         Where a shorter text's tokenization is a prefix of the longest one's, its answer comes from a single
-        forward pass over the longest; the others each take one extra pass, made only when reached.
+        forward pass over the longest; the others each take one extra pass, made only when reached. A `draft`
+        (a text the others lead into) is fed in the same pass where they align with it, so that a run which
+        goes on to write it finds its logits computed.
         """
         token_ids = [self.tokenize(text) for text in texts]
-        fitting = [ids for ids in token_ids if self.context_length is None or len(ids) <= self.context_length]
+        passes = token_ids + ([self.tokenize(draft)] if draft is not None else [])
+        fitting = [ids for ids in passes if self.context_length is None or len(ids) <= self.context_length]
         longest = fitting[-1] if fitting else []
+        if draft is not None and longest is passes[-1] and longest[: len(token_ids[-1])] != token_ids[-1]:
+            longest = fitting[-2] if len(fitting) >= 2 else []  # the draft tokenizes apart from the texts
         aligned = [bool(longest) and len(ids) <= len(longest) and longest[: len(ids)] == ids for ids in token_ids]
         if any(aligned):
             first = min(len(ids) - 1 for ids, ok in zip(token_ids, aligned) if ok)

@@ -108,7 +108,8 @@ def _accept_words(
     candidates = [i for i in range(1, len(words)) if words[i]]
     queries = [prefix + join_words(lead, words[:i]) for i in candidates]
     if queries:
-        for i, (run, choice) in zip(candidates, base.choices_at_prefixes(queries)):
+        # The whole lookahead goes along as a draft: where the base agrees with it, its stage is already computed.
+        for i, (run, choice) in zip(candidates, base.choices_at_prefixes(queries, draft=prefix + lookahead)):
             state.word_checks += 1
             state.paper_requests += 1
             if choice.is_eos or choice.top1_prob >= gamma or (" " + words[i]).startswith(choice.piece):

@@ -195,7 +195,7 @@ class Nudger:
         state = state if state is not None else engine.EngineState()
         base_text, nudger_text = self._resolve_prompts(question, base_prompt, nudger_prompt, system, method)
         for model in self._models().values():
-            model.reset_sampling()
+            model.start_generation()
             if hasattr(model, "stage_tokens"):  # a remote model asks for at most the answer budget per request
                 model.stage_tokens = config.max_new_tokens
         prompt_of = {"base": base_text, "nudger": nudger_text, "anti_expert": base_text}

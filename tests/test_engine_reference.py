@@ -7,6 +7,7 @@ import itertools
 import pytest
 
 from nudging import Nudger
+from nudging.backend import LocalModel
 from reference import RefModel, reference_nudging
 from tiny import byte_level_tokenizer, local, metaspace_tokenizer, stuck_llama, tiny_llama
 
@@ -88,3 +89,31 @@ def test_cache_is_reused(outcomes, tokenizers):
     for got in long_runs:
         base = got.stats.models["base"]
         assert base["tokens_processed"] < 3 * (got.stats.answer_base_tokens + 20), base
+
+
+class WithoutReuse(LocalModel):
+    """The KV cache alone: every position's logits come from a new pass."""
+
+    def _known_rows(self, ids, first_position):
+        return None
+
+
+def test_base_verifies_the_lookahead_and_nudger_reuses_its_own(tokenizers):
+    """Where the models agree, the base's stage reads logits computed in the pass that checked the word
+    boundaries (the lookahead as a draft), and the nudger's next lookahead reuses positions of its last one:
+    fewer passes than with the KV cache alone, and the same answers."""
+    byte = tokenizers["byte"]
+    bmodel, nmodel = tiny_llama(byte, sharpness=6.0, seed=7), tiny_llama(byte, sharpness=25.0, seed=7)
+    work = {}
+    for kind in (LocalModel, WithoutReuse):
+        engine = Nudger(kind(bmodel, byte, name="base"), kind(nmodel, byte, name="nudger"))
+        answers = [engine.generate(base_prompt=p + "\n", nudger_prompt=p + "\n", gamma=0.4, max_new_tokens=48)
+                   for p in PROMPTS]
+        work[kind] = answers, {role: {key: sum(a.stats.models[role][key] for a in answers)
+                                      for key in ("forward_passes", "reused_positions")} for role in ("base", "nudger")}
+    (reusing, with_reuse), (plain, without) = work[LocalModel], work[WithoutReuse]
+    assert [(a.text, a.spans, a.stop_reason) for a in reusing] == [(a.text, a.spans, a.stop_reason) for a in plain]
+    assert any(span.source == "base" for a in reusing for span in a.spans)
+    for role in ("base", "nudger"):
+        assert with_reuse[role]["reused_positions"] > 0 and without[role]["reused_positions"] == 0
+        assert with_reuse[role]["forward_passes"] < without[role]["forward_passes"], (role, with_reuse, without)

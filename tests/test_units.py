@@ -5,6 +5,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import pytest
+import torch
 
 from nudging import prompts
 from nudging.backend import LocalModel, eos_token_ids
@@ -201,3 +202,25 @@ def test_prompt_longer_than_context(short_nudger):
     with pytest.raises(PromptTooLongError):
         short_nudger.generate(long_question, mode="base")
     assert short_nudger.generate(long_question, mode="nudger", max_new_tokens=2).mode == "nudger"
+
+
+def test_logits_of_earlier_passes_are_reused_only_while_their_ids_stand(byte_tok):
+    """A run that follows ids already fed through the model reads their logits without a pass; once another
+    pass changes those ids, the stale logits are not used."""
+    model = LocalModel(tiny_llama(byte_tok, seed=3), byte_tok, name="m")
+    fresh = LocalModel(tiny_llama(byte_tok, seed=3), byte_tok, name="fresh")
+    first = byte_tok("The cat reads the question")["input_ids"]
+    other = first[:4] + byte_tok(" every student", add_special_tokens=False)["input_ids"]
+    model.logits_from(first, 2)  # one pass: logits after first[:3] ... first[:n]
+    passes = model.counters.forward_passes
+    for end in range(3, len(first) + 1):  # a run extending first[:3] one token at a time
+        got = model.logits_from(first[:end], end - 1)
+        assert torch.allclose(got, fresh.logits_from(first[:end], end - 1), atol=1e-5)
+    assert model.counters.forward_passes == passes
+    assert model.counters.reused_positions == len(first) - 2
+    model.logits_from(other, len(other) - 1)  # diverges from `first` after 4 tokens
+    for end in (4, len(first)):
+        before = model.counters.forward_passes
+        got = model.logits_from(first[:end], end - 1)
+        assert model.counters.forward_passes == before + (end > 4)  # position 3 still stands; later ones don't
+        assert torch.allclose(got, fresh.logits_from(first[:end], end - 1), atol=1e-5)

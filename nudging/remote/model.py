@@ -138,8 +138,8 @@ class RemoteModel(TokenizedModel):
     def stage_protocol(self) -> str:
         return "chunked" if self.protocol == "chunked" or not self.capabilities.stream_logprobs else "stream"
 
-    def reset_sampling(self) -> None:
-        """Sampling happens on the server (its `seed` makes it reproducible)."""
+    def start_generation(self) -> None:
+        """Nothing to reset: sampling happens on the server (its `seed` makes it reproducible)."""
 
     def finish(self) -> None:
         """Close the stream still open at the end of a generation."""
@@ -193,9 +193,11 @@ class RemoteModel(TokenizedModel):
         self.counters.tokens_received += self.count_tokens(out) if out else 0
         return out, choice.get("finish_reason") == "stop"
 
-    def choices_at_prefixes(self, texts: Sequence[str]) -> Iterator[tuple["RemoteRun", Choice]]:
+    def choices_at_prefixes(
+        self, texts: Sequence[str], draft: str | None = None
+    ) -> Iterator[tuple["RemoteRun", Choice]]:
         """The base's next token after each text, in order; the engine stops asking at the first takeover,
-        whose run continues as the base stage."""
+        whose run continues as the base stage. (The draft is for local models: a server streams the stage.)"""
         known: list[Choice | None] = [None] * len(texts)
         if self._may_echo(texts):
             token_ids = [self.tokenize(text) for text in texts]

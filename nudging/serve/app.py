@@ -207,7 +207,7 @@ async def _scored(service: Service, job: Job, body: CompletionRequest, settings:
     def model_of(replica) -> LocalModel:
         model = _model_of_mode(replica, job.mode)
         model.sampling = job.sampling
-        model.reset_sampling()
+        model.start_generation()
         return model
 
     if body.stream:
