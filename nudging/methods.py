@@ -8,6 +8,9 @@ on the models given fails at once with an error that names the methods that can.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
+
+from nudging.errors import InvalidArgumentError
 
 Role = str  # "base", "nudger" or "anti_expert"
 
@@ -50,32 +53,53 @@ def working_methods(shared_vocabulary: bool) -> list[str]:
     return [name for name, method in METHODS.items() if shared_vocabulary or not method.shared_vocabulary]
 
 
+ANTI_EXPERT_MISSING = ("needs an anti-expert: the untuned base model of the nudger, with its vocabulary (e.g. "
+                       "HuggingFaceTB/SmolLM2-135M for SmolLM2-135M-Instruct), given as anti_expert / --anti-expert")
+
+
+def unfit_reason(
+    method: Method, present: Callable[[Role], bool], remote: Callable[[Role], bool],
+    vocabulary: Callable[[Role], dict[str, int]],
+) -> str | None:
+    """Why `method` cannot run on the models described by the three callbacks (None where it can). Used on model
+    specs before loading (`fitting`) and on loaded models (`Nudger.check_method`), so both say the same."""
+    if "anti_expert" in method.roles and not present("anti_expert"):
+        return ANTI_EXPERT_MISSING
+    if not method.shared_vocabulary:
+        return None
+    if any(remote(role) for role in method.roles):
+        return "needs local models (it combines full next-token distributions; a remote server returns only top-k logprobs)"
+    if any(vocabulary(role) != vocabulary("base") for role in method.roles):
+        sizes = " and ".join(f"the {role.replace('_', '-')} {len(vocabulary(role))}" for role in method.roles)
+        return f"needs models that share one vocabulary, but these tokenize differently ({sizes} tokens)"
+    return None
+
+
+def unfit_error(name: str, reason: str) -> InvalidArgumentError:
+    return InvalidArgumentError(f"{name} {reason}; with these models use one of: {', '.join(working_methods(False))}")
+
+
 def fitting(names: list[str], base: str, nudger: str, anti_expert: str | None = None) -> tuple[list[str], dict[str, str]]:
     """Split methods into those these model specs can run and the others, each with the reason. Only
     tokenizers are loaded (to compare vocabularies), so this is quick next to loading the models."""
     from nudging import models
     from nudging.remote.spec import is_remote
 
-    vocabularies: dict[str, dict[str, int]] = {}
+    specs = {"base": base, "nudger": nudger, "anti_expert": anti_expert}
+    vocabularies: dict[Role, dict[str, int]] = {}
 
-    def vocabulary(spec: str) -> dict[str, int]:
-        if spec not in vocabularies:
-            vocabularies[spec] = models.load_tokenizer(spec).get_vocab()
-        return vocabularies[spec]
+    def vocabulary(role: Role) -> dict[str, int]:
+        if role not in vocabularies:
+            vocabularies[role] = models.load_tokenizer(specs[role]).get_vocab()
+        return vocabularies[role]
 
     kept: list[str] = []
     skipped: dict[str, str] = {}
-    specs = {"base": base, "nudger": nudger, "anti_expert": anti_expert}
     for name in names:
-        method = METHODS[name]
-        if "anti_expert" in method.roles and not anti_expert:
-            skipped[name] = "needs an anti-expert (--anti-expert: the nudger's untuned base)"
-        elif method.shared_vocabulary and any(is_remote(specs[role]) for role in method.roles):
-            skipped[name] = ("needs local models (it combines full next-token distributions; a remote server returns "
-                             "only top-k logprobs)")
-        elif method.shared_vocabulary and any(vocabulary(specs[role]) != vocabulary(base) for role in method.roles):
-            sizes = " and ".join(f"the {role.replace('_', '-')} {len(vocabulary(specs[role]))}" for role in method.roles)
-            skipped[name] = f"needs models that share one vocabulary, but these tokenize differently ({sizes} tokens)"
-        else:
+        reason = unfit_reason(METHODS[name], lambda role: bool(specs[role]), lambda role: is_remote(specs[role]),
+                              vocabulary)
+        if reason is None:
             kept.append(name)
+        else:
+            skipped[name] = reason
     return kept, skipped

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from copy import deepcopy
 from typing import Callable, Iterator, Literal, Sequence
@@ -13,7 +14,7 @@ from nudging.baselines.in_context import in_context, in_context_prompt
 from nudging.baselines.text_ensemble import text_ensemble
 from nudging.config import BaselineConfig, NudgingConfig, SamplingConfig
 from nudging.errors import InvalidArgumentError
-from nudging.methods import METHODS, MODES, Method, fitting, roles_for, working_methods
+from nudging.methods import METHODS, MODES, Method, fitting, roles_for, unfit_error, unfit_reason
 from nudging.remote.client import ClientSettings
 from nudging.remote.spec import is_remote
 from nudging.result import GenerationResult, GenerationStats
@@ -95,18 +96,14 @@ class Nudger:
         baselines = BaselineConfig(alpha, top_k)
         wanted = roles_for(methods)
         specs = {"base": base, "nudger": nudger, "anti_expert": anti_expert}
-        if "anti_expert" in wanted and not anti_expert:
-            raise InvalidArgumentError(
-                "proxy-tuning needs an anti-expert: the untuned base model of the nudger, with its vocabulary "
-                "(e.g. HuggingFaceTB/SmolLM2-135M for SmolLM2-135M-Instruct); give it as anti_expert / --anti-expert")
-        # Resolve every local spec, and compare vocabularies where a method needs one, before loading any
-        # weights, so a bad spec or a method these models cannot run fails fast.
-        sources = {role: models.resolve(specs[role]) for role in ROLES if role in wanted and not is_remote(specs[role])}
-        _, unfit = fitting([m for m in methods if METHODS[m].shared_vocabulary], base, nudger, anti_expert)
+        # Resolve every local spec, and check that each method fits these models (comparing vocabularies where a
+        # method needs one), before loading any weights, so a bad spec or a method that cannot run fails fast.
+        # (a missing anti-expert is not a bad spec: `fitting` says proxy tuning needs one)
+        present = {role for role in wanted if role != "anti_expert" or anti_expert}
+        sources = {role: models.resolve(specs[role]) for role in present if not is_remote(specs[role])}
+        _, unfit = fitting(methods, base, nudger, anti_expert)
         if unfit:
-            method, reason = next(iter(unfit.items()))
-            raise InvalidArgumentError(f"{method} {reason}; with these models use one of: "
-                                       f"{', '.join(working_methods(False))}")
+            raise unfit_error(*next(iter(unfit.items())))
         tokenizers = {"base": base_tokenizer, "nudger": nudger_tokenizer, "anti_expert": None}
         samplings = {"base": base_sampling, "nudger": nudger_sampling, "anti_expert": nudger_sampling}
         reads_probabilities = {role for name in methods for role in METHODS[name].logprobs}
@@ -152,23 +149,13 @@ class Nudger:
         method = METHODS[mode]
         for role in method.roles:
             self._need(getattr(self, role), role, mode)
-        if not method.shared_vocabulary or mode in self._methods_checked:
+        if mode in self._methods_checked:
             return method
-        roles = list(method.roles)
-        for role in roles:
-            model = getattr(self, role)
-            if not isinstance(model, LocalModel):
-                raise InvalidArgumentError(
-                    f"{mode} combines full next-token distributions, so it needs local models, but the {role} "
-                    f"({model.label}) is remote; with remote models use one of: {', '.join(working_methods(False))}")
-        vocabulary = self.base.tokenizer.get_vocab()
-        for role in roles[1:]:
-            other = getattr(self, role).tokenizer.get_vocab()
-            if other != vocabulary:
-                raise InvalidArgumentError(
-                    f"{mode} needs models that share one vocabulary, but the base ({len(vocabulary)} tokens) and "
-                    f"the {role.replace('_', '-')} ({len(other)} tokens) tokenize differently; with these models "
-                    f"use one of: {', '.join(working_methods(False))}")
+        vocabulary = functools.cache(lambda role: getattr(self, role).tokenizer.get_vocab())
+        reason = unfit_reason(method, lambda role: True, lambda role: not isinstance(getattr(self, role), LocalModel),
+                              vocabulary)
+        if reason is not None:
+            raise unfit_error(mode, reason)
         self._methods_checked.add(mode)
         return method
 
