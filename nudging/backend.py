@@ -188,26 +188,28 @@ class LocalModel(TokenizedModel):
         cached = self._cached_ids
         while keep < limit and cached[keep] == ids[keep]:
             keep += 1
-        if self._cache is None or keep == 0:
-            self._cache = DynamicCache()
-            keep = 0
-        elif keep < len(cached):
-            self._cache.crop(keep - len(cached))
-        new_ids = torch.tensor([list(ids[keep:])], dtype=torch.long, device=self.device)
         try:
-            with torch.inference_mode():
-                output = self.model(
-                    input_ids=new_ids, cache=self._cache, use_cache=True, logits_to_keep=len(ids) - first_position
-                )
+            logits = self._forward(ids, keep, len(ids) - first_position)
         except BaseException:
             self._cache, self._cached_ids, self._rows = None, [], {}
             raise
         self._cached_ids = list(ids)
         self.counters.forward_passes += 1
         self.counters.tokens_processed += len(ids) - keep
-        logits = output.logits[0].float()
         self._remember_rows(logits, first_position, keep)
         return logits
+
+    def _forward(self, ids: Sequence[int], keep: int, logits: int) -> torch.Tensor:
+        """One pass: keep the first `keep` cached positions, feed the rest of `ids`, return the next-token logits
+        of the last `logits` positions, in float32."""
+        if self._cache is None or keep == 0:
+            self._cache = DynamicCache()
+        elif keep < len(self._cached_ids):
+            self._cache.crop(keep - len(self._cached_ids))
+        new_ids = torch.tensor([list(ids[keep:])], dtype=torch.long, device=self.device)
+        with torch.inference_mode():
+            output = self.model(input_ids=new_ids, cache=self._cache, use_cache=True, logits_to_keep=logits)
+        return output.logits[0].float()
 
     def _known_rows(self, ids: Sequence[int], first_position: int) -> torch.Tensor | None:
         """The logits logits_from would compute, if an earlier pass over the same ids computed them all."""

@@ -13,12 +13,30 @@ from nudging.backend import LocalModel
 from nudging.errors import InvalidArgumentError, PromptTooLongError
 from nudging.nudger import Nudger
 
-DEFAULT_PROMPTS = [
+BUILT_IN_PROMPTS = [
     'Take the last letters of each word in "Ada Lovelace" and concatenate them.',
     "What is 12 * 7? Explain briefly.",
     "Give three tips for staying focused while studying.",
     "Is a tomato a fruit or a vegetable?",
+    "Why is the sky blue?",
+    "Name the planets of the solar system.",
+    "How do I boil an egg?",
+    "What is the capital of France?",
+    "Write a haiku about autumn.",
+    "What causes rain?",
+    "Explain what a prime number is.",
+    "How many legs does a spider have?",
+    "What is photosynthesis?",
+    "Translate 'good morning' into Spanish.",
+    "Why do we need sleep?",
+    "What is 15% of 80?",
 ]
+DEFAULT_PROMPTS = BUILT_IN_PROMPTS[:4]
+
+
+def default_prompts(batch: int) -> list[str]:
+    """The built-in prompts a run uses: four, or as many as the batch holds (up to 16)."""
+    return BUILT_IN_PROMPTS[: max(len(DEFAULT_PROMPTS), min(batch, len(BUILT_IN_PROMPTS)))]
 
 
 def read_prompts(path: str) -> list[str]:
@@ -69,9 +87,14 @@ def base_only(nudger: Nudger, prompt: str, max_new_tokens: int) -> tuple[int, fl
 
 def run(
     nudger: Nudger, prompts: list[str], max_new_tokens: int, methods: list[str],
-    skipped: dict[str, str] | None = None, progress: bool = True,
+    skipped: dict[str, str] | None = None, progress: bool = True, batch: int = 1,
 ) -> dict:
-    """Time base-only decoding and every method on the same prompts, in one run; ratios are per answer token."""
+    """Time base-only decoding and every method on the same prompts, in one run; ratios are per answer token.
+    With batch > 1, nudging also answers the prompts `batch` at a time (nudging.batch), against one at a time."""
+    if batch < 1:
+        raise InvalidArgumentError(f"--batch must be at least 1, got {batch}")
+    if batch > 1 and "nudging" not in methods:
+        raise InvalidArgumentError("--batch times nudging in batches: include --method nudging (or all)")
     skipped = dict(skipped or {})
     for method in list(methods):  # warm-up: first calls pay one-off costs
         try:
@@ -89,6 +112,7 @@ def run(
         for method in methods:
             result = nudger.generate(question, mode=method, max_new_tokens=max_new_tokens)
             row[method] = {
+                "text": result.text,
                 "answer_tokens": result.stats.answer_base_tokens,
                 "seconds": result.stats.seconds,
                 "stop_reason": result.stop_reason,
@@ -99,7 +123,38 @@ def run(
         rows.append(row)
         if progress:
             print(f"[{index}/{len(prompts)}] {question[:60]}", file=sys.stderr)
-    return summarize(rows, max_new_tokens, methods, skipped)
+    report = summarize(rows, max_new_tokens, methods, skipped)
+    if batch > 1:
+        report["batch"] = batched(nudger, rows, max_new_tokens, batch, progress)
+    return report
+
+
+def batched(nudger: Nudger, rows: list[dict], max_new_tokens: int, batch: int, progress: bool) -> dict:
+    """Nudging over the same prompts, `batch` at a time, against the one-at-a-time answers of this run."""
+    if progress:
+        print(f"[batch] {len(rows)} prompts, {batch} at a time", file=sys.stderr)
+    lanes = nudger.lanes(min(batch, len(rows)))
+    started = time.perf_counter()
+    results = lanes[0].generate_batch([row["prompt"] for row in rows], lanes=lanes, max_new_tokens=max_new_tokens)
+    seconds = time.perf_counter() - started
+    tokens = sum(result.stats.answer_base_tokens for result in results)
+    one_tokens = sum(row["nudging"]["answer_tokens"] for row in rows)
+    one_seconds = sum(row["nudging"]["seconds"] for row in rows)
+    same = sum(result.text == row["nudging"]["text"] and result.stop_reason == row["nudging"]["stop_reason"]
+               for result, row in zip(results, rows))
+    packed = {role: getattr(lanes[0], role).packed.stats.to_dict() for role in ("base", "nudger")
+              if hasattr(getattr(lanes[0], role), "packed")}
+    one_rate = one_tokens / one_seconds if one_seconds else 0.0
+    rate = tokens / seconds if seconds else 0.0
+    return {
+        "size": min(batch, len(rows)),
+        "prompts": len(rows),
+        "one_at_a_time": {"answer_tokens": one_tokens, "seconds": one_seconds, "tokens_per_second": one_rate},
+        "batched": {"answer_tokens": tokens, "seconds": seconds, "tokens_per_second": rate},
+        "speedup": rate / one_rate if one_rate else 0.0,
+        "same_answers": same,
+        "packed_passes": packed,  # per model: packed passes, lanes per pass
+    }
 
 
 def summarize(rows: list[dict], max_new_tokens: int, methods: list[str], skipped: dict[str, str]) -> dict:
@@ -182,3 +237,10 @@ def print_report(report: dict) -> None:
                           "requests per answer token", style="dim")
     for name, reason in report["skipped"].items():
         console.print(f"{name}: not run, {reason}", style="yellow")
+    if "batch" in report:
+        b = report["batch"]
+        one, many = b["one_at_a_time"], b["batched"]
+        console.print(f"nudging, {b['prompts']} prompts {b['size']} at a time: {many['tokens_per_second']:.2f} answer "
+                      f"tokens/s against {one['tokens_per_second']:.2f} one at a time ({b['speedup']:.2f}x); same "
+                      f"answers {b['same_answers']}/{b['prompts']}; lanes per pass: "
+                      + ", ".join(f"{role} {stats['lanes_per_pass']:.1f}" for role, stats in b["packed_passes"].items()))

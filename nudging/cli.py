@@ -62,8 +62,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nudging", description="Inference-time alignment by nudging (ACL 2025).")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    generate = commands.add_parser("generate", help="answer one question")
-    generate.add_argument("question", nargs="?", help="the question (or use --base-prompt and --nudger-prompt)")
+    generate = commands.add_parser("generate", help="answer a question (or several, batched)")
+    generate.add_argument("question", nargs="*", help="the question (or use --base-prompt and --nudger-prompt); "
+                                                      "several are answered together")
+    generate.add_argument("--prompts", help="questions from a file: one per line, or JSONL with a 'question' field")
+    generate.add_argument("--batch-size", type=int, default=16,
+                          help="with several questions: how many are answered at once (forward passes shared)")
     generate.add_argument("--base-prompt", help="raw base prompt, used exactly as given")
     generate.add_argument("--nudger-prompt", help="raw nudger prompt, used exactly as given")
     generate.add_argument("--max-new-tokens", type=int, default=512, help="answer budget in base tokens")
@@ -77,6 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--method", action="append", default=[], choices=MODES + ("all",),
                        help="a method to time (repeatable; default: all that run on these models)")
     bench.add_argument("--max-new-tokens", type=int, default=128)
+    bench.add_argument("--batch", type=int, default=1, metavar="N",
+                       help="also run nudging over the prompts N at a time (forward passes shared) and compare "
+                            "answer tokens/s with one at a time (without --prompts: N built-in prompts, up to 16)")
     bench.add_argument("--json", action="store_true", help="print one JSON object")
     _model_options(bench)
 
@@ -95,7 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--judge-url", help="OpenAI-compatible endpoint for LLM-judge scoring, e.g. http://host:8000/v1")
     evaluate.add_argument("--judge-model", help="model name to send to the judge endpoint")
     evaluate.add_argument("--concurrency", type=int, default=1,
-                          help="items answered at once, each on its own replica (for remote models)")
+                          help="items answered at once: local models run their forward passes together (16 "
+                               "is about 2x faster than 1 on the demo pair on a CPU); remote ones send that many "
+                               "requests at once")
     evaluate.add_argument("--report", metavar="DIR", nargs="?", const=True, default=None,
                           help="only rebuild the table and chart from the result files in DIR (default: --out)")
     _model_options(evaluate, sampling=False)
@@ -158,6 +167,14 @@ def chosen_methods(requested: list[str], args: argparse.Namespace, default: list
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
+    questions = list(args.question)
+    if args.prompts:
+        from nudging.bench import read_prompts
+
+        questions += read_prompts(args.prompts)
+    if len(questions) > 1 or args.prompts:
+        return generate_many(args, questions)
+    args.question = questions[0] if questions else None
     if args.question is None and (args.base_prompt is None or args.nudger_prompt is None) and args.mode == "nudging":
         raise NudgingError("give a QUESTION, or both --base-prompt and --nudger-prompt")
     if args.question is None and args.base_prompt is None and args.nudger_prompt is None:
@@ -181,6 +198,32 @@ def cmd_generate(args: argparse.Namespace) -> int:
     )
     console.print()
     console.print(summary_line(result), style="dim", markup=False, soft_wrap=True)
+    return 0
+
+
+def generate_many(args: argparse.Namespace, questions: list[str]) -> int:
+    """Several questions, `--batch-size` at a time; the answers are printed in the order of the questions."""
+    if args.base_prompt is not None or args.nudger_prompt is not None:
+        raise NudgingError("--base-prompt/--nudger-prompt take one answer; give several questions without them")
+    if args.batch_size < 1:
+        raise NudgingError(f"--batch-size must be at least 1, got {args.batch_size}")
+    nudger = _load(args, args.max_new_tokens, args.mode)
+    progress = None if args.json else lambda index, result: print(
+        f"[{index + 1}/{len(questions)}] done", file=sys.stderr)
+    results = nudger.generate_batch(questions, batch_size=args.batch_size, mode=args.mode, on_result=progress)
+    if args.json:
+        for question, result in zip(questions, results):
+            print(json.dumps({"question": question, **result.to_dict()}, ensure_ascii=False))
+        return 0
+    from rich.console import Console
+
+    console = Console(highlight=False)
+    for question, result in zip(questions, results):
+        console.print(f"\n# {question}", style="bold", markup=False)
+        for span in result.spans:
+            console.print(span.text, style=NUDGER_STYLE if span.source == "nudger" else None, end="", markup=False)
+        console.print()
+        console.print(summary_line(result), style="dim", markup=False, soft_wrap=True)
     return 0
 
 
@@ -209,10 +252,13 @@ def summary_line(result: GenerationResult) -> str:
 def cmd_bench(args: argparse.Namespace) -> int:
     from nudging import bench
 
-    prompts = bench.read_prompts(args.prompts) if args.prompts else bench.DEFAULT_PROMPTS
+    prompts = bench.read_prompts(args.prompts) if args.prompts else bench.default_prompts(args.batch)
     methods, skipped = chosen_methods(args.method or ["all"], args, default=[])
+    if args.batch < 1:
+        raise NudgingError(f"--batch must be at least 1, got {args.batch}")
     nudger = _load(args, args.max_new_tokens, methods=methods)
-    report = bench.run(nudger, prompts, args.max_new_tokens, methods, skipped, progress=not args.json)
+    report = bench.run(nudger, prompts, args.max_new_tokens, methods, skipped, progress=not args.json,
+                       batch=args.batch)
     if args.json:
         print(json.dumps(report, ensure_ascii=False))
     else:

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import functools
+import threading
 import time
+from contextlib import nullcontext
 from copy import deepcopy
 from typing import Callable, Iterator, Literal, Sequence
 
 from nudging import engine, models, prompts
 from nudging.backend import LocalModel, Model
+from nudging.batch import Batch, Lane, PackedModel
 from nudging.baselines.fusion import ensemble, fused_decode, proxy_tuning
 from nudging.baselines.in_context import in_context, in_context_prompt
 from nudging.baselines.text_ensemble import text_ensemble
@@ -53,6 +56,7 @@ class Nudger:
         self.system = system
         self.baselines = baselines or BaselineConfig()
         self._methods_checked: set[str] = set()
+        self.batch: Batch | None = None  # set on lanes: their local models run their passes together
 
     @classmethod
     def from_pretrained(
@@ -142,6 +146,86 @@ class Nudger:
         return Nudger(copy(self.base), copy(self.nudger), self.config, self.system,
                       anti_expert=copy(self.anti_expert), baselines=self.baselines)
 
+    def lanes(self, count: int) -> list["Nudger"]:
+        """`count` Nudgers over the same weights whose local models run their forward passes together: while
+        several of them generate at once (one thread each), every pass of a model is one packed pass for all of
+        them (nudging.batch). Remote models get a replica each (their servers batch on their side)."""
+        if count < 1:
+            raise InvalidArgumentError(f"lanes: count must be at least 1, got {count}")
+        packed = {role: PackedModel(model.model) for role, model in self._models().items()
+                  if isinstance(model, LocalModel)}
+        batch = Batch(models=len(packed))
+
+        def lane(role: str) -> Model | None:
+            model = getattr(self, role)
+            if model is None or role not in packed:
+                return None if model is None else model.replica()
+            # One tokenizer for all lanes: a fast tokenizer is only read (never given truncation or padding), so
+            # threads may share it, and a copy of a large vocabulary takes seconds.
+            return Lane(packed[role], batch, model.tokenizer, name=model.name, sampling=model.sampling)
+
+        lanes = []
+        for _ in range(count):
+            nudger = Nudger(lane("base"), lane("nudger"), self.config, self.system, anti_expert=lane("anti_expert"),
+                            baselines=self.baselines)
+            nudger.batch = batch if packed else None
+            nudger._methods_checked = set(self._methods_checked)
+            lanes.append(nudger)
+        return lanes
+
+    def generate_batch(
+        self,
+        questions: Sequence[str | dict],
+        *,
+        batch_size: int = 16,
+        on_result: Callable[[int, GenerationResult], None] | None = None,
+        lanes: Sequence["Nudger"] | None = None,
+        **options,
+    ) -> list[GenerationResult]:
+        """Answer many questions, `batch_size` at a time, their forward passes packed together (see `lanes`);
+        each answer is what `generate(question, **options)` returns, up to float rounding. An item may also be a
+        dict of generate's arguments (e.g. base_prompt and nudger_prompt, gamma). `on_result(index, result)` is
+        called as each one finishes (in finishing order, from worker threads, one at a time). `lanes` (from
+        `lanes()`, e.g. to read their work counters afterwards) replaces the batch_size new ones."""
+        if isinstance(questions, str) or not all(isinstance(q, (str, dict)) for q in questions):
+            raise InvalidArgumentError("generate_batch: questions must be a list of strings (or of dicts of "
+                                       "generate's arguments)")
+        if batch_size < 1:
+            raise InvalidArgumentError(f"generate_batch: batch_size must be at least 1, got {batch_size}")
+        results: list[GenerationResult | None] = [None] * len(questions)
+        if not questions:
+            return []
+        lanes = list(lanes) if lanes else self.lanes(min(batch_size, len(questions)))
+        next_index = iter(range(len(questions)))
+        lock = threading.Lock()
+        errors: list[BaseException] = []
+
+        def work(lane: Nudger) -> None:
+            while not errors:
+                with lock:
+                    index = next(next_index, None)
+                if index is None:
+                    return
+                try:
+                    item = questions[index]
+                    result = lane.generate(**options, **({"question": item} if isinstance(item, str) else item))
+                except BaseException as error:
+                    errors.append(error)
+                    return
+                with lock:
+                    results[index] = result
+                    if on_result is not None:
+                        on_result(index, result)
+
+        threads = [threading.Thread(target=work, args=(lane,), name="nudging-lane", daemon=True) for lane in lanes]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        if errors:
+            raise errors[0]
+        return results  # type: ignore[return-value]
+
     def check_method(self, mode: str) -> Method:
         """The method `mode`, once checked to run on these models: the models it needs are there, and a method
         that combines distributions token by token has local models with one vocabulary."""
@@ -228,6 +312,14 @@ class Nudger:
             self.config.lookahead if lookahead is None else lookahead,
             self.config.max_new_tokens if max_new_tokens is None else max_new_tokens,
         )
+        with self.batch.member() if self.batch is not None else nullcontext():  # a lane: one of the batch's members
+            return self._generate(question, base_prompt, nudger_prompt, system, mode, config, on_span, should_stop)
+
+    def _generate(
+        self, question: str | None, base_prompt: str | None, nudger_prompt: str | None, system: str | None,
+        mode: Mode, config: NudgingConfig, on_span: Callable[[Span], None] | None,
+        should_stop: Callable[[], bool] | None,
+    ) -> GenerationResult:
         state = engine.EngineState()
         before = {name: m.counters.to_dict() for name, m in self._models().items()}
         started = time.perf_counter()

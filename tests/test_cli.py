@@ -163,3 +163,47 @@ def test_bench_times_the_shared_vocabulary_baselines(capsys, tiny_folders, tmp_p
     proxy = report["methods"]["proxy-tuning"]["work_per_answer_token"]
     assert set(proxy) == {"base", "nudger", "anti_expert"}  # one pass per model and token
     assert all(abs(work["forward_passes"] - 1.0) < 0.5 for work in proxy.values())
+
+
+def test_bench_batch_compares_batched_with_one_at_a_time(capsys, tiny_folders, tmp_path):
+    report = bench_report(capsys, tmp_path, "The cat reads\nEvery student counts\nA robot writes\nZoë finds\n",
+                          "--base", tiny_folders["base"], "--nudger", tiny_folders["nudger"], "--max-new-tokens", "16",
+                          "--method", "nudging", "--batch", "4")
+    batched = report["batch"]
+    assert batched["size"] == 4 and batched["prompts"] == 4 and batched["same_answers"] == 4
+    assert batched["batched"]["answer_tokens"] == batched["one_at_a_time"]["answer_tokens"] > 0
+    assert batched["speedup"] > 0
+    assert batched["packed_passes"]["nudger"]["lanes_per_pass"] > 1
+
+
+def test_bench_batch_needs_nudging_and_a_positive_size(capsys, tiny_folders, tmp_path):
+    path = tmp_path / "prompts.txt"
+    path.write_text("The cat\n")
+    models = ["--base", tiny_folders["base"], "--nudger", tiny_folders["nudger"]]
+    code, _, err = run_cli(capsys, "bench", "--prompts", str(path), "--batch", "0", *models)
+    assert code == 2 and "--batch must be at least 1" in err
+    code, _, err = run_cli(capsys, "bench", "--prompts", str(path), "--batch", "2", "--method", "base", *models)
+    assert code == 2 and "--batch times nudging" in err
+
+
+def test_generate_several_questions_answers_them_batched_in_order(capsys, tiny_folders, tmp_path):
+    models = ["--base", tiny_folders["base"], "--nudger", tiny_folders["nudger"], "--max-new-tokens", "12"]
+    questions = ["The cat reads", "Every student counts", "A robot writes"]
+    alone = []
+    for question in questions:
+        code, out, err = run_cli(capsys, "generate", question, "--json", *models)
+        assert code == 0, err
+        alone.append(json.loads(out))
+    path = tmp_path / "more.txt"
+    path.write_text("A robot writes\n")
+    code, out, err = run_cli(capsys, "generate", *questions[:2], "--prompts", str(path), "--batch-size", "3", "--json",
+                             *models)
+    assert code == 0, err
+    together = [json.loads(line) for line in out.splitlines()]
+    assert [answer["question"] for answer in together] == questions
+    assert [(a["text"], a["spans"], a["stop_reason"]) for a in together] == \
+        [(a["text"], a["spans"], a["stop_reason"]) for a in alone]
+    code, out, err = run_cli(capsys, "generate", *questions, *models)
+    assert code == 0 and all(f"# {q}" in out for q in questions) and out.count("stop: ") == 3
+    code, _, err = run_cli(capsys, "generate", *questions, "--batch-size", "0", *models)
+    assert code == 2 and "--batch-size must be at least 1" in err

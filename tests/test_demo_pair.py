@@ -90,3 +90,13 @@ def test_in_context_on_demo_pair_stops_at_the_next_query(pair, engine):
     assert STOP in expected  # the base answers, then starts the next turn
     assert got.text == expected.split(STOP)[0] and got.stop_reason == "stop"
     assert "Paris" in got.text and got.stats.models["nudger"]["forward_passes"] == 0
+
+
+def test_batched_answers_equal_one_at_a_time(engine):
+    """The three questions answered together (their passes packed into one per model, across two tokenizers
+    and gemma's sliding-window layers) give the answers each gets alone."""
+    alone = [engine.generate(q, max_new_tokens=40) for q in QUESTIONS]
+    lanes = engine.lanes(3)
+    together = engine.generate_batch(QUESTIONS, lanes=lanes, max_new_tokens=40)
+    assert [(r.text, r.spans, r.stop_reason) for r in together] == [(r.text, r.spans, r.stop_reason) for r in alone]
+    assert lanes[0].nudger.packed.stats.lane_passes > lanes[0].nudger.packed.stats.passes

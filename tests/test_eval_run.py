@@ -292,3 +292,24 @@ def test_proxy_tuning_settings_are_part_of_the_result_key(capsys, tiny_folders, 
     assert alphas == [0.5, 1.0]
     settings = json.loads(next(tmp_path.glob("coin_flip__ensemble__*.json")).read_text())
     assert settings["anti_expert"] is None and settings["gamma"] is None and settings["nudger"]
+
+
+def test_concurrent_items_on_local_models_run_batched_with_the_same_rows(capsys, tiny_folders, tmp_path, monkeypatch):
+    """--concurrency 4 on local models answers four items at once on lanes of one batch (their forward passes
+    packed together): the same rows as one at a time, and the passes really were shared."""
+    from nudging import batch
+
+    packed_passes = []
+    forward = batch.PackedModel.forward
+    monkeypatch.setattr(batch.PackedModel, "forward",
+                        lambda self, requests: packed_passes.append(len(requests)) or forward(self, requests))
+    outcomes = {}
+    for concurrency in ("1", "4"):
+        out = tmp_path / concurrency
+        code, _, err = run_eval(capsys, "--task", "coin_flip", *models(tiny_folders), "--method", "nudging",
+                                "--limit", "8", "--max-new-tokens", "16", "--out", str(out), "--concurrency", concurrency)
+        assert code == 0, err
+        (path,) = result_files(out).values()
+        outcomes[concurrency] = sorted((r["id"], r["prediction"], r["spans"], r["stop_reason"]) for r in rows(path))
+    assert outcomes["4"] == outcomes["1"] and len(outcomes["1"]) == 8
+    assert max(packed_passes) > 1  # several lanes in one pass (and none with concurrency 1)

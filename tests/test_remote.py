@@ -307,7 +307,9 @@ def test_streamed_logprobs_and_tokenize_from_a_single_model_server(servers, tiny
                 chunks.append(json.loads(line[6:])["choices"][0])
     tokens = [c for c in chunks if c["logprobs"]]
     assert "".join(c["text"] for c in chunks) == whole["text"]
-    assert [c["logprobs"]["token_logprobs"][0] for c in tokens] == pytest.approx(whole["logprobs"]["token_logprobs"])
+    # float32 on lanes of one batch (--max-concurrency 2): passes of other shapes round differently (~1e-6)
+    assert [c["logprobs"]["token_logprobs"][0] for c in tokens] == pytest.approx(whole["logprobs"]["token_logprobs"],
+                                                                                 rel=1e-5, abs=1e-5)
     assert chunks[-1]["finish_reason"] == whole["finish_reason"]
     root = servers["base"].removesuffix("/v1")
     counted = httpx.post(root + "/tokenize", json={"prompt": "The cat reads"}, timeout=30).json()

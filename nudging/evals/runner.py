@@ -80,7 +80,7 @@ class EvalRequest:
     judge: Judge | None = None
     # Nudger.from_pretrained's options for remote models and the baselines (anti_expert, alpha, top_k)
     load_options: dict[str, Any] = field(default_factory=dict)
-    concurrency: int = 1  # items answered at once (each on its own replica: useful with remote models)
+    concurrency: int = 1  # items answered at once (local models: batched together; remote: one replica each)
 
     def settings(self, task: str, method: str) -> RunSettings:
         roles = METHODS[method].roles
@@ -146,9 +146,10 @@ class LazyNudger:
                 max_new_tokens=self.request.max_new_tokens, dtype=self.request.dtype, device=self.request.device,
                 methods=self.request.methods, **self.request.load_options,
             )
-            self._replicas.put(self._nudger)
-            for _ in range(self.request.concurrency - 1):
-                self._replicas.put(self._nudger.replica())
+            # several at once: lanes, whose local models run their passes together (remote ones: replicas)
+            lanes = self._nudger.lanes(self.request.concurrency) if self.request.concurrency > 1 else [self._nudger]
+            for lane in lanes:
+                self._replicas.put(lane)
         return self._nudger
 
     def answer(self, task: Task, example: Example, method: str) -> dict[str, Any]:

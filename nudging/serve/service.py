@@ -1,7 +1,8 @@
 """Generations for the HTTP layer: a pool of replicas over one set of weights, a bounded wait, stop strings,
 and generations that end when their client goes away.
 
-Each replica runs one request at a time in a worker thread; its pieces reach the event loop through a queue.
+Each replica runs one request at a time in a worker thread; its pieces reach the event loop through a queue. With
+several replicas, they are lanes of one batch (nudging.batch): the running generations share each forward pass.
 """
 
 from __future__ import annotations
@@ -59,7 +60,8 @@ class Service:
         self.mode = mode
         self.template = nudger  # used by the event loop only (prompt checks, token counts); generations use replicas
         self._free: asyncio.Queue[Nudger] | None = None
-        self._replicas = [nudger.replica() for _ in range(replicas)]
+        # several generations at once: lanes, whose local models run their forward passes together
+        self._replicas = nudger.lanes(replicas) if replicas > 1 else [nudger.replica()]
         self.capacity = replicas + queue
         self.admitted = 0  # running or waiting
         self.running = 0
