@@ -115,7 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on /v1 requests")
     serve.add_argument("--model-name", default="nudging", help="the model id clients send")
     serve.add_argument("--mode", default="nudging", choices=MODES[:3], help="nudging, or serve one model plainly")
-    serve.add_argument("--max-concurrency", type=int, default=1, help="generations that run at once")
+    serve.add_argument("--max-concurrency", type=int, default=1,
+                       help="generations that run at once (on local models they share each forward pass)")
     serve.add_argument("--max-queue", type=int, default=16, help="requests that may wait; more get HTTP 429")
     serve.add_argument("--max-tokens", type=int, default=512, help="answer budget when a request sets none")
     serve.add_argument("--max-tokens-limit", type=int, default=4096, help="the largest max_tokens a request may ask")
