@@ -91,10 +91,7 @@ def run(
 ) -> dict:
     """Time base-only decoding and every method on the same prompts, in one run; ratios are per answer token.
     With batch > 1, nudging also answers the prompts `batch` at a time (nudging.batch), against one at a time."""
-    if batch < 1:
-        raise InvalidArgumentError(f"--batch must be at least 1, got {batch}")
-    if batch > 1 and "nudging" not in methods:
-        raise InvalidArgumentError("--batch times nudging in batches: include --method nudging (or all)")
+    check_batch(batch, methods)
     skipped = dict(skipped or {})
     for method in list(methods):  # warm-up: first calls pay one-off costs
         try:
@@ -127,6 +124,14 @@ def run(
     if batch > 1:
         report["batch"] = batched(nudger, rows, max_new_tokens, batch, progress)
     return report
+
+
+def check_batch(batch: int, methods: list[str]) -> None:
+    """--batch N is at least 1, and above 1 it needs nudging among the methods (checked before models load)."""
+    if batch < 1:
+        raise InvalidArgumentError(f"--batch must be at least 1, got {batch}")
+    if batch > 1 and "nudging" not in methods:
+        raise InvalidArgumentError("--batch times nudging in batches: include --method nudging (or all)")
 
 
 def batched(nudger: Nudger, rows: list[dict], max_new_tokens: int, batch: int, progress: bool) -> dict:

@@ -255,8 +255,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     prompts = bench.read_prompts(args.prompts) if args.prompts else bench.default_prompts(args.batch)
     methods, skipped = chosen_methods(args.method or ["all"], args, default=[])
-    if args.batch < 1:
-        raise NudgingError(f"--batch must be at least 1, got {args.batch}")
+    bench.check_batch(args.batch, methods)
     nudger = _load(args, args.max_new_tokens, methods=methods)
     report = bench.run(nudger, prompts, args.max_new_tokens, methods, skipped, progress=not args.json,
                        batch=args.batch)
