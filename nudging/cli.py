@@ -1,4 +1,4 @@
-"""Command line: `nudging generate`, `bench`, `eval`, `serve` and `setup`."""
+"""Command line: `nudging generate`, `bench`, `eval`, `serve`, `calibrate` and `setup`."""
 
 from __future__ import annotations
 
@@ -40,7 +40,12 @@ def _model_options(parser: argparse.ArgumentParser, sampling: bool = True, key_f
     group.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for a model server")
     group.add_argument("--retries", type=int, default=4, help="retries on connection errors, timeouts, 429 and 5xx")
     group = parser.add_argument_group("nudging")
-    group.add_argument("--gamma", type=float, default=0.3, help="nudge where the base's top-1 probability < gamma")
+    group.add_argument("--gamma", type=gamma_value, default=0.3,
+                       help="nudge where the base's top-1 probability < gamma; auto: the value `nudging calibrate` "
+                            "stored for this pair, else one calibrated now on built-in prompts")
+    group.add_argument("--calibration", default=None, metavar="FILE",
+                       help="where calibrated gammas are stored (default: $NUDGING_CALIBRATION, else "
+                            "~/.config/nudging/calibration.json)")
     group.add_argument("--lookahead", type=int, default=16, help="tokens the nudger writes per round")
     group = parser.add_argument_group("baselines (proxy-tuning, ensemble-text)")
     group.add_argument("--anti-expert", default=None,
@@ -56,6 +61,15 @@ def _model_options(parser: argparse.ArgumentParser, sampling: bool = True, key_f
     group.add_argument("--nudger-temperature", type=float, default=0.0)
     group.add_argument("--top-p", type=float, default=1.0)
     group.add_argument("--seed", type=int, default=None)
+
+
+def gamma_value(text: str) -> float | str:
+    if text == "auto":
+        return text
+    try:
+        return float(text)  # the range is checked with the other settings (one line, exit code 2)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number in (0, 1) or auto, got {text!r}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -123,6 +137,12 @@ def build_parser() -> argparse.ArgumentParser:
     # sampling and the system text come with each request; --api-key is this server's own key
     _model_options(serve, sampling=False, key_flag="--remote-api-key")
 
+    calibrate = commands.add_parser("calibrate", help="choose gamma for a model pair from where the models disagree")
+    from nudging.calibrate.command import add_arguments
+
+    add_arguments(calibrate)
+    _model_options(calibrate, sampling=False)
+
     setup = commands.add_parser("setup", help="install and convert the demo models once")
     setup.add_argument("--models", nargs="*", default=["demo-base", "demo-nudger"])
     return parser
@@ -137,14 +157,33 @@ def _sampling(args: argparse.Namespace) -> tuple[SamplingConfig, SamplingConfig]
     )
 
 
-def _load(args: argparse.Namespace, max_new_tokens: int, mode: str = "nudging",
+def load_nudger(args: argparse.Namespace, max_new_tokens: int, mode: str = "nudging",
           methods: list[str] | None = None) -> Nudger:
     base_sampling, nudger_sampling = _sampling(args)
-    return Nudger.from_pretrained(
+    uses_nudging = "nudging" in (methods or [mode])
+    if args.gamma == "auto" and uses_nudging:
+        announce_calibration(args)
+    nudger = Nudger.from_pretrained(
         args.base, args.nudger, gamma=args.gamma, lookahead=args.lookahead, max_new_tokens=max_new_tokens,
-        system=getattr(args, "system", None), dtype=args.dtype, device=args.device, base_sampling=base_sampling,
-        nudger_sampling=nudger_sampling, mode=mode, methods=methods, **remote_options(args),
+        system=getattr(args, "system", None), calibration=args.calibration, dtype=args.dtype, device=args.device,
+        base_sampling=base_sampling, nudger_sampling=nudger_sampling, mode=mode, methods=methods,
+        **remote_options(args),
     )
+    if nudger.gamma_note:
+        print(f"nudging: --gamma auto: {nudger.gamma_note}", file=sys.stderr)
+    return nudger
+
+
+def announce_calibration(args: argparse.Namespace) -> None:
+    """Say so before a slow calibration starts (none stored for this pair)."""
+    from pathlib import Path
+
+    from nudging.calibrate import saved
+
+    path = Path(args.calibration) if args.calibration else saved.default_path()
+    if saved.load(args.base, args.nudger, path) is None:
+        print(f"nudging: --gamma auto: no calibrated gamma for this pair in {path}; calibrating on built-in "
+              "prompts first (once; `nudging calibrate` gives more control)", file=sys.stderr)
 
 
 def remote_options(args: argparse.Namespace) -> dict:
@@ -180,7 +219,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise NudgingError("give a QUESTION, or both --base-prompt and --nudger-prompt")
     if args.question is None and args.base_prompt is None and args.nudger_prompt is None:
         raise NudgingError("give a QUESTION, or a raw prompt for the model of --mode")
-    nudger = _load(args, args.max_new_tokens, args.mode)
+    nudger = load_nudger(args, args.max_new_tokens, args.mode)
     if args.json:
         result = nudger.generate(
             args.question, base_prompt=args.base_prompt, nudger_prompt=args.nudger_prompt, mode=args.mode
@@ -208,7 +247,7 @@ def generate_many(args: argparse.Namespace, questions: list[str]) -> int:
         raise NudgingError("--base-prompt/--nudger-prompt take one answer; give several questions without them")
     if args.batch_size < 1:
         raise NudgingError(f"--batch-size must be at least 1, got {args.batch_size}")
-    nudger = _load(args, args.max_new_tokens, args.mode)
+    nudger = load_nudger(args, args.max_new_tokens, args.mode)
     progress = None if args.json else lambda index, result: print(
         f"[{index + 1}/{len(questions)}] done", file=sys.stderr)
     results = nudger.generate_batch(questions, batch_size=args.batch_size, mode=args.mode, on_result=progress)
@@ -256,7 +295,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     prompts = bench.read_prompts(args.prompts) if args.prompts else bench.default_prompts(args.batch)
     methods, skipped = chosen_methods(args.method or ["all"], args, default=[])
     bench.check_batch(args.batch, methods)
-    nudger = _load(args, args.max_new_tokens, methods=methods)
+    nudger = load_nudger(args, args.max_new_tokens, methods=methods)
     report = bench.run(nudger, prompts, args.max_new_tokens, methods, skipped, progress=not args.json,
                        batch=args.batch)
     if args.json:
@@ -281,8 +320,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.max_queue < 0:
         raise NudgingError(f"--max-queue must be at least 0, got {args.max_queue}")
     server.check_port_free(args.host, args.port)  # before the slow model load
-    nudger = _load(args, args.max_tokens, args.mode)
+    nudger = load_nudger(args, args.max_tokens, args.mode)
     return server.serve(nudger, args)
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from nudging.calibrate import command
+
+    return command.main(args, lambda a: load_nudger(a, a.max_new_tokens, "nudging"))
 
 
 def cmd_setup(args: argparse.Namespace) -> int:
@@ -295,7 +340,8 @@ def cmd_setup(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handlers = {
-        "generate": cmd_generate, "bench": cmd_bench, "eval": cmd_eval, "serve": cmd_serve, "setup": cmd_setup,
+        "generate": cmd_generate, "bench": cmd_bench, "eval": cmd_eval, "serve": cmd_serve, "calibrate": cmd_calibrate,
+        "setup": cmd_setup,
     }
     try:
         return handlers[args.command](args)

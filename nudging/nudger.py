@@ -7,6 +7,8 @@ import threading
 import time
 from contextlib import nullcontext
 from copy import deepcopy
+from dataclasses import replace
+from pathlib import Path
 from typing import Callable, Iterator, Literal, Sequence
 
 from nudging import engine, models, prompts
@@ -57,6 +59,7 @@ class Nudger:
         self.baselines = baselines or BaselineConfig()
         self._methods_checked: set[str] = set()
         self.batch: Batch | None = None  # set on lanes: their local models run their passes together
+        self.gamma_note: str | None = None  # with gamma="auto": which value was used, and where it came from
 
     @classmethod
     def from_pretrained(
@@ -64,10 +67,11 @@ class Nudger:
         base: str = "demo-base",
         nudger: str = "demo-nudger",
         *,
-        gamma: float = 0.3,
+        gamma: float | Literal["auto"] = 0.3,
         lookahead: int = 16,
         max_new_tokens: int = 512,
         system: str | None = None,
+        calibration: str | Path | None = None,
         dtype: str = "auto",
         device: str = "auto",
         base_sampling: SamplingConfig | None = None,
@@ -92,11 +96,16 @@ class Nudger:
         (else $NUDGING_API_KEY or $OPENAI_API_KEY) is sent to its server, its tokenizer is loaded locally from
         `base_tokenizer` / `nudger_tokenizer` (default: the served model name), and `remote_protocol` picks how
         word boundaries are checked: auto, echo, per-word, or chunked (the authors' 16-token base requests).
+
+        `gamma="auto"` takes the gamma stored for this pair by `nudging calibrate` (in `calibration`, default
+        nudging.calibrate.saved.default_path()), else calibrates on built-in prompts now and stores the result;
+        `gamma_note` then says which value was used and where it came from.
         """
         methods = list(methods) if methods else [mode]
         for method in methods:
             _check_mode(method)
-        config = NudgingConfig(gamma, lookahead, max_new_tokens)  # validate before the slow loads
+        auto_gamma = gamma == "auto"
+        config = NudgingConfig(0.3 if auto_gamma else gamma, lookahead, max_new_tokens)  # validate before loading
         baselines = BaselineConfig(alpha, top_k)
         wanted = roles_for(methods)
         specs = {"base": base, "nudger": nudger, "anti_expert": anti_expert}
@@ -131,6 +140,13 @@ class Nudger:
                       baselines=baselines)
         for method in methods:
             nudger_.check_method(method)
+        if auto_gamma and "nudging" in methods:
+            from nudging.calibrate import auto, saved
+
+            path = Path(calibration) if calibration else saved.default_path()
+            choice = auto.resolve(nudger_, base, nudger, path)
+            nudger_.config = replace(config, gamma=choice.gamma)
+            nudger_.gamma_note = choice.describe(path)
         return nudger_
 
     def replica(self) -> "Nudger":

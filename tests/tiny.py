@@ -153,3 +153,36 @@ def save_tiny_models(root: Path, names: tuple[str, ...] = tuple(TINY_FOLDERS)) -
         tokenizer.save_pretrained(root / name)
         folders[name] = str(root / name)
     return folders
+
+
+def bigram_llama(tokenizer, next_probs: dict[int, dict[int, float]]) -> LlamaForCausalLM:
+    """A model whose next-token distribution depends on the last token only, exactly as given: after token t it
+    is `next_probs[t]` (the rest of its mass spread evenly over the other tokens); after any other token, even.
+
+    One-hot embeddings (hidden size = vocabulary), the layer's outputs zeroed, so the final norm sees the
+    embedding alone and the output layer holds the log-probabilities. float64.
+    """
+    vocab_size = len(tokenizer)
+    config = LlamaConfig(
+        vocab_size=vocab_size, hidden_size=vocab_size, intermediate_size=8, num_hidden_layers=1,
+        num_attention_heads=1, num_key_value_heads=1, head_dim=8, max_position_embeddings=1024,
+        tie_word_embeddings=False, eos_token_id=tokenizer.eos_token_id, bos_token_id=None, pad_token_id=None,
+        rms_norm_eps=1e-12,
+    )
+    model = LlamaForCausalLM(config).to(torch.float64)
+    scale = vocab_size**0.5  # the norm turns a one-hot embedding into sqrt(vocab) times itself
+    with torch.no_grad():
+        model.model.layers[0].self_attn.o_proj.weight.zero_()
+        model.model.layers[0].mlp.down_proj.weight.zero_()
+        model.model.embed_tokens.weight.copy_(torch.eye(vocab_size, dtype=torch.float64))
+        model.model.norm.weight.fill_(1.0)
+        table = torch.full((vocab_size, vocab_size), 1.0 / vocab_size, dtype=torch.float64)  # [previous, next]
+        for previous, probs in next_probs.items():
+            if sum(probs.values()) >= 1.0:
+                raise ValueError(f"next_probs[{previous}] sums to {sum(probs.values())}, must be below 1")
+            rest = (1.0 - sum(probs.values())) / (vocab_size - len(probs))
+            table[previous] = rest
+            for token, prob in probs.items():
+                table[previous, token] = prob
+        model.lm_head.weight.copy_((table.log() / scale).T)
+    return model.eval()

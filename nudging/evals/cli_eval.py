@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Callable, Iterator
 
 from nudging.cli import chosen_methods, remote_options
 from nudging.errors import InvalidArgumentError
@@ -38,7 +40,7 @@ def request_from(args: argparse.Namespace, warn=print) -> runner.EvalRequest:
         warn(f"--method all: skipping {method}, which {reason}")
     return runner.EvalRequest(
         tasks=runner.expand_tasks(args.task), methods=methods,
-        base=args.base, nudger=args.nudger, gamma=args.gamma, lookahead=args.lookahead,
+        base=args.base, nudger=args.nudger, gamma=0.3 if args.gamma == "auto" else args.gamma, lookahead=args.lookahead,
         max_new_tokens=args.max_new_tokens, limit=args.limit, seed=args.seed, out=out, dtype=args.dtype,
         device=args.device, data=parse_data(args.data), judge=judge, load_options=remote_options(args),
         concurrency=args.concurrency,
@@ -54,7 +56,14 @@ def main(args: argparse.Namespace) -> int:
         folder = Path(args.out if args.report is True else args.report)
     else:
         request = request_from(args, warn=lambda m: console.print(f"warning: {m}", style="yellow"))
-        _run_with_progress(request, console)
+        loaded = None
+        if args.gamma == "auto" and "nudging" in request.methods:
+            from nudging.cli import load_nudger
+
+            runner.check_request(request)
+            loaded = load_nudger(args, request.max_new_tokens, methods=request.methods)  # resolves gamma
+            request.gamma = loaded.config.gamma
+        _run_with_progress(request, console, loaded)
         folder = request.out
     _, files = report.build(folder)
     Console().print(Markdown(files["markdown"].read_text(encoding="utf-8")))
@@ -62,7 +71,14 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_with_progress(request: runner.EvalRequest, console) -> None:
+def _run_with_progress(request: runner.EvalRequest, console, loaded=None) -> None:
+    with progress_bars(console) as (show, warn):
+        runner.run(request, on_progress=show, warn=warn, loaded=loaded)
+
+
+@contextmanager
+def progress_bars(console) -> Iterator[tuple[runner.Progress, Callable[[str], None]]]:
+    """(on_progress, warn) for runner.run: a live bar per task and method on a terminal, else one line per item."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     columns = (TextColumn("{task.description:<28}"), BarColumn(), MofNCompleteColumn(),
@@ -82,7 +98,7 @@ def _run_with_progress(request: runner.EvalRequest, console) -> None:
         progress.update(bars[label], completed=done, total=total, accuracy=accuracy)
 
     try:
-        runner.run(request, on_progress=show, warn=lambda m: progress.console.print(f"warning: {m}", style="yellow"))
+        yield show, lambda m: progress.console.print(f"warning: {m}", style="yellow")
     finally:
         if bars:
             progress.stop()

@@ -45,7 +45,7 @@ def wilson(correct: int, total: int) -> tuple[float, float]:
     denominator = 1 + Z95**2 / total
     centre = (p + Z95**2 / (2 * total)) / denominator
     half = Z95 * math.sqrt(p * (1 - p) / total + Z95**2 / (4 * total**2)) / denominator
-    return (max(0.0, centre - half), min(1.0, centre + half))
+    return (max(0.0, min(p, centre - half)), min(1.0, max(p, centre + half)))  # rounding may cut p off at 0 or 1
 
 
 def verdict(row: dict[str, Any]) -> bool | None:
@@ -76,12 +76,9 @@ def load_runs(folder: Path) -> list[tuple[dict[str, Any], list[dict[str, Any]]]]
 
 
 def summarize(runs: list[tuple[dict[str, Any], list[dict[str, Any]]]]) -> list[Summary]:
-    per_method: dict[tuple[str, str], int] = {}
-    for meta, _ in runs:
-        per_method[(meta["task"], meta["method"])] = per_method.get((meta["task"], meta["method"]), 0) + 1
     summaries = []
-    for meta, rows in runs:
-        label = meta["method"] if per_method[(meta["task"], meta["method"])] == 1 else f"{meta['method']} {meta['key']}"
+    labels = _labels([meta for meta, _ in runs])
+    for (meta, rows), label in zip(runs, labels):
         verdicts = [v for v in (verdict(row) for row in rows) if v is not None]
         ratings = [row["rating"] for row in rows if row.get("rating") is not None]
         correct = sum(bool(v) for v in verdicts)
@@ -102,6 +99,25 @@ def summarize(runs: list[tuple[dict[str, Any], list[dict[str, Any]]]]) -> list[S
             base=meta.get("base"), nudger=meta.get("nudger"), max_new_tokens=meta["max_new_tokens"], key=meta["key"],
         ))
     return summaries
+
+
+def _labels(metas: list[dict[str, Any]]) -> list[str]:
+    """Column labels: the method; where a folder holds several settings of one method, also its gamma when that
+    is what tells them apart (e.g. a grid over gamma), else its settings key."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for meta in metas:
+        groups.setdefault((meta["task"], meta["method"]), []).append(meta)
+    labels = []
+    for meta in metas:
+        group = groups[(meta["task"], meta["method"])]
+        gammas = [m.get("gamma") for m in group]
+        if len(group) == 1:
+            labels.append(meta["method"])
+        elif None not in gammas and len(set(gammas)) == len(gammas):
+            labels.append(f"{meta['method']} gamma={meta['gamma']:g}")
+        else:
+            labels.append(f"{meta['method']} {meta['key']}")
+    return labels
 
 
 def _ordered(summaries: list[Summary]) -> tuple[list[str], list[str]]:
@@ -137,7 +153,7 @@ def markdown(summaries: list[Summary]) -> str:
     for task in tasks:
         nudged = [by[(task, m)].nudged_word_fraction for m in methods
                   if (task, m) in by and by[(task, m)].nudged_word_fraction is not None]
-        nudged_text = f"{100 * nudged[0]:.0f}%" if len(nudged) == 1 else "-"
+        nudged_text = " / ".join(f"{100 * share:.0f}%" for share in nudged) or "-"  # one per nudging column
         cells = [_cell(by.get((task, m)), items[task]) for m in methods]
         lines.append(f"| {task} | {items[task]} | " + " | ".join(cells) + f" | {nudged_text} |")
     averages = []

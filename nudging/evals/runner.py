@@ -129,9 +129,10 @@ def check_request(request: EvalRequest) -> None:
 class LazyNudger:
     """Loads the models on the first item that needs them, so a finished run resumes without loading."""
 
-    def __init__(self, request: EvalRequest) -> None:
+    def __init__(self, request: EvalRequest, loaded: Nudger | None = None) -> None:
         self.request = request
         self._nudger: Nudger | None = None
+        self._loaded = loaded  # models already loaded by the caller (e.g. calibrate's grid over gamma)
         self._replicas: queue.Queue[Nudger] = queue.Queue()
         self._loading = threading.Lock()
 
@@ -141,7 +142,7 @@ class LazyNudger:
 
     def _load(self) -> Nudger:
         if self._nudger is None:
-            self._nudger = Nudger.from_pretrained(
+            self._nudger = self._loaded or Nudger.from_pretrained(
                 self.request.base, self.request.nudger, gamma=self.request.gamma, lookahead=self.request.lookahead,
                 max_new_tokens=self.request.max_new_tokens, dtype=self.request.dtype, device=self.request.device,
                 methods=self.request.methods, **self.request.load_options,
@@ -188,7 +189,10 @@ def answer_row(task: Task, example: Example, method: str, nudger: Nudger, reques
     row: dict[str, Any] = {"id": example.id, "task": task.name, "kind": task.kind, "method": method,
                            "prompt": question, "options": list(example.options), "gold": example.gold}
     try:
-        result = nudger.generate(question, system=task.system, mode=method, max_new_tokens=request.max_new_tokens)
+        nudging = method == "nudging"
+        result = nudger.generate(question, system=task.system, mode=method, max_new_tokens=request.max_new_tokens,
+                                 gamma=request.gamma if nudging else None,
+                                 lookahead=request.lookahead if nudging else None)
     except PromptTooLongError as error:
         row.update(prediction="", error=str(error), stop_reason="prompt_too_long", ended_by_itself=False,
                    extracted=None, correct=False if task.kind != "open" else None)
@@ -217,12 +221,14 @@ def write_settings(out: Path, settings: RunSettings, source: str, items: int) ->
 Progress = Callable[[str, int, int, int], None]  # (label, done, total, correct so far)
 
 
-def run(request: EvalRequest, on_progress: Progress | None = None, warn: Callable[[str], None] | None = None) -> list[Path]:
-    """Answer every item not yet answered; return the result files of this request."""
+def run(request: EvalRequest, on_progress: Progress | None = None, warn: Callable[[str], None] | None = None,
+        loaded: Nudger | None = None) -> list[Path]:
+    """Answer every item not yet answered; return the result files of this request. `loaded`: models already
+    loaded for it (else they are loaded on the first item that needs them)."""
     check_request(request)
     warn = warn or (lambda message: print(f"nudging: warning: {message}", file=sys.stderr))
     request.out.mkdir(parents=True, exist_ok=True)
-    nudger = LazyNudger(request)
+    nudger = LazyNudger(request, loaded)
     paths = []
     for task in request.data:
         if task not in request.tasks:

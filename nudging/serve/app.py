@@ -80,7 +80,8 @@ def create_app(service: Service, settings: ServerSettings) -> FastAPI:
     @app.get("/health")
     async def health() -> dict[str, Any]:
         return {"status": "ok", "model": settings.model_name, "mode": service.mode, "running": service.running,
-                "waiting": service.admitted - service.running, "stopped_by_disconnect": service.client_gone}
+                "waiting": service.admitted - service.running, "stopped_by_disconnect": service.client_gone,
+                "gamma": service.template.config.gamma, "lookahead": service.template.config.lookahead}
 
     @app.get("/", response_class=HTMLResponse)
     async def page() -> str:

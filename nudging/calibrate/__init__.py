@@ -1,0 +1,1 @@
+"""Choosing gamma from data: `nudging calibrate` and `--gamma auto` (see docs/calibrate.md)."""

@@ -1,0 +1,209 @@
+"""`nudging calibrate`: measure where the base agrees with the nudger, choose gamma, optionally check it on
+labelled items with a small grid, write the report and plot, and store the choice for `--gamma auto`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+from nudging.calibrate import analysis, saved
+from nudging.calibrate.grid import GridResult, run_grid
+from nudging.calibrate.measure import measure
+from nudging.calibrate.plot import draw
+from nudging.errors import InvalidArgumentError
+
+DEFAULT_GRID = (0.1, 0.2, 0.3, 0.4, 0.5)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    source = parser.add_argument_group("what to calibrate on (default: 16 built-in generic prompts)")
+    source.add_argument("--prompts", help="unlabelled questions: one per line, or JSONL with a 'question' field")
+    source.add_argument("--task", help="a benchmark: its questions, and with --grid its labels")
+    source.add_argument("--limit", type=int, default=20, help="items of --task (a seeded sample; default 20)")
+    source.add_argument("--seed", type=int, default=0, help="seed of the sample and of the bootstrap")
+    source.add_argument("--data", action="append", default=[], metavar="TASK=FILE",
+                        help="items of TASK from a .jsonl/.json/.csv file, as in `nudging eval`")
+    parser.add_argument("--max-new-tokens", type=int, default=128, help="answer budget per prompt (base tokens)")
+    parser.add_argument("--grid", default=",".join(map(str, DEFAULT_GRID)),
+                        help="with --task: gammas to score nudging at (comma-separated; the separation choice is "
+                             "added); 'none' skips the grid")
+    parser.add_argument("--batch-size", type=int, default=16, help="answers generated at once")
+    parser.add_argument("--out", default="calibration", help="folder for positions, report, plot and grid answers")
+    parser.add_argument("--no-save", action="store_true", help="do not store the chosen gamma for --gamma auto")
+
+
+def short_name(spec: str) -> str:
+    """A model spec for a title: a local path by its last part."""
+    return Path(spec).name if "/" in spec and Path(spec).exists() else spec
+
+
+def parse_grid(text: str) -> list[float]:
+    if text.strip().lower() == "none":
+        return []
+    try:
+        values = [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise InvalidArgumentError(f"--grid must be comma-separated numbers in (0, 1) or 'none', got {text!r}") from None
+    bad = [v for v in values if not 0 < v < 1]
+    if bad or not values:
+        raise InvalidArgumentError(f"--grid values must be in (0, 1), got {text!r}")
+    return values
+
+
+def check(args: argparse.Namespace) -> list[float]:
+    """Argument errors before any model loads; returns the grid."""
+    if args.prompts and args.task:
+        raise InvalidArgumentError("give --prompts or --task, not both")
+    for name in ("limit", "max_new_tokens", "batch_size"):
+        if getattr(args, name) < 1:
+            raise InvalidArgumentError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if args.gamma == "auto":
+        raise InvalidArgumentError("calibrate chooses gamma itself: leave out --gamma auto")
+    return parse_grid(args.grid) if args.task else []
+
+
+def questions_for(args: argparse.Namespace) -> tuple[list[str], str | None, str]:
+    """(questions, the system text they go with, a description of them)."""
+    if args.prompts:
+        from nudging.bench import read_prompts
+
+        questions = read_prompts(args.prompts)
+        return questions, None, f"{len(questions)} prompts from {Path(args.prompts).name}"
+    if args.task:
+        from nudging.evals.cli_eval import parse_data
+        from nudging.evals.tasks import get_task, load_examples, select
+
+        task = get_task(args.task)
+        examples, _ = load_examples(task, parse_data(args.data).get(args.task), args.seed)
+        chosen = select(examples, args.limit, args.seed)
+        return [task.render(e) for e in chosen], task.system, f"{args.task}, {len(chosen)} items"
+    from nudging.calibrate.auto import generic_prompts
+
+    questions = generic_prompts()
+    return questions, None, f"{len(questions)} built-in prompts"
+
+
+def main(args: argparse.Namespace, load) -> int:
+    from rich.console import Console
+
+    console = Console(stderr=True, highlight=False)
+    grid = check(args)
+    questions, system, described = questions_for(args)
+    if not questions:
+        raise InvalidArgumentError("no questions to calibrate on")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    nudger = load(args)
+    nudger.system = system
+    console.print(f"calibrating on {described}: the nudger answers each, the base reads its answers", style="dim")
+
+    def progress(done: int, total: int) -> None:
+        console.print(f"[{done}/{total}] answers measured", markup=False, style="dim")
+
+    records = measure(nudger, questions, args.max_new_tokens, batch_size=args.batch_size,
+                      path=out / "positions.jsonl", on_done=progress)
+    calibration = analysis.calibrate(records, seed=args.seed)
+    top1, agree = analysis.flatten(records)
+    draw(calibration, analysis.separations(top1, agree), analysis.nudged_shares(top1), out / "calibration.png",
+         title=f"base {short_name(args.base)} · nudger {short_name(args.nudger)} · {described}")
+    result: GridResult | None = None
+    if grid:
+        result = _grid(args, nudger, grid + [calibration.gamma], calibration.gamma, console)
+    choice = _choice(args, calibration, result, described)
+    report = {"base": args.base, "nudger": args.nudger, "on": described, "max_new_tokens": args.max_new_tokens,
+              "calibration": calibration.to_dict(), "grid": result.to_dict() if result else None,
+              "chosen": asdict(choice)}
+    (out / "calibration.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    text = markdown(report)
+    (out / "calibration.md").write_text(text, encoding="utf-8")
+    from rich.markdown import Markdown
+
+    Console().print(Markdown(text))
+    if not args.no_save:
+        path = saved.save(choice, Path(args.calibration) if args.calibration else None)
+        console.print(f"stored gamma {choice.gamma:g} for this pair in {path} (used by --gamma auto)")
+    console.print(f"wrote {out / 'calibration.md'}, {out / 'calibration.json'}, {out / 'calibration.png'}",
+                  style="dim")
+    return 0
+
+
+def _grid(args: argparse.Namespace, nudger, gammas: list[float], prefer: float, console) -> GridResult:
+    from nudging.cli import remote_options
+    from nudging.evals import runner
+    from nudging.evals.cli_eval import parse_data, progress_bars
+
+    request = runner.EvalRequest(
+        tasks=[args.task], methods=["nudging"], base=args.base, nudger=args.nudger, gamma=prefer,
+        lookahead=args.lookahead, max_new_tokens=args.max_new_tokens, limit=args.limit, seed=args.seed,
+        out=Path(args.out) / "grid", dtype=args.dtype, device=args.device, data=parse_data(args.data),
+        load_options=remote_options(args), concurrency=args.batch_size,
+    )
+    with progress_bars(console) as (show, warn):
+        return run_grid(nudger, request, gammas, prefer, on_progress=show, warn=warn, seed=args.seed)
+
+
+def _choice(args, calibration: analysis.Calibration, grid: GridResult | None, described: str) -> saved.SavedGamma:
+    if grid is not None:
+        return saved.SavedGamma(grid.gamma, "accuracy", grid.interval, described, args.base, args.nudger)
+    return saved.SavedGamma(calibration.gamma, "separation", calibration.interval, described, args.base, args.nudger)
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"
+
+
+def markdown(report: dict) -> str:
+    c = report["calibration"]
+    chosen = report["chosen"]
+    paper = c["paper"]
+    lines = [
+        f"# Calibration: base {report['base']}, nudger {report['nudger']}",
+        "",
+        f"On {report['on']} (answers up to {report['max_new_tokens']} tokens): {c['positions']} answer positions, "
+        f"{c['disagreements']} ({_percent(c['disagreements'] / c['positions'])}) where the base's greedy token is "
+        "not the nudger's.",
+        "",
+        f"**Chosen gamma: {chosen['gamma']:g}** (by {chosen['method']}; 95% interval "
+        f"{chosen['interval'][0]:g}-{chosen['interval'][1]:g}).",
+        f"Best separation of disagreement from agreement positions: gamma {c['gamma']:g} "
+        f"(95% bootstrap interval over prompts {c['interval'][0]:g}-{c['interval'][1]:g}).",
+        "",
+        "| the paper's figure | paper | here |",
+        "|---|---:|---:|",
+        f"| base disagrees where its top-1 < 0.1 | ~90% | {_percent(paper['disagreement_rate_below_0.1'])} |",
+        f"| disagreements with top-1 < 0.5 | >80% | {_percent(paper['disagreements_below_0.5'])} |",
+        f"| all positions with top-1 < 0.5 | ~11% | {_percent(paper['positions_below_0.5'])} |",
+        "",
+        "| base's top-1 | positions | base agrees | base disagrees | disagreement rate |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    agree, disagree = c["histogram_agree"], c["histogram_disagree"]
+    per_row = len(agree) // 10  # ten rows of width 0.1
+    for row in range(10):
+        a = sum(agree[row * per_row:(row + 1) * per_row])
+        d = sum(disagree[row * per_row:(row + 1) * per_row])
+        lines.append(f"| {row / 10:.1f}-{(row + 1) / 10:.1f} | {a + d} | {a} | {d} | "
+                     f"{_percent(d / (a + d) if a + d else None)} |")
+    lines += [
+        "",
+        "| gamma | positions nudged | disagreements caught | agreements nudged | disagree rate below gamma | separation |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
+    best = "chosen" if chosen["method"] == "separation" else "best separation"
+    for row in c["table"]:
+        mark = f" **({best})**" if row["gamma"] == c["gamma"] else ""
+        lines.append(f"| {row['gamma']:g}{mark} | {_percent(row['nudged_share'])} | "
+                     f"{_percent(row['disagreements_caught'])} | {_percent(row['agreements_nudged'])} | "
+                     f"{_percent(row['disagreement_rate_below'])} | {row['separation']:.2f} |")
+    grid = report.get("grid")
+    if grid:
+        lines += ["", "Accuracy of nudging per gamma (95% Wilson interval):", "",
+                  "| gamma | accuracy | items | nudged words |", "|---:|---:|---:|---:|"]
+        for row in grid["rows"]:
+            mark = " **(chosen)**" if row["gamma"] == grid["gamma"] else ""
+            lines.append(f"| {row['gamma']:g}{mark} | {_percent(row['accuracy'])} "
+                         f"[{100 * row['ci_low']:.0f}-{100 * row['ci_high']:.0f}] | {row['items']} | "
+                         f"{_percent(row['nudged_word_fraction'])} |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,135 @@
+"""What calibration measures: at every position of the nudger's own answers, the base's top-1 probability and
+whether the base's greedy token is the one the nudger wrote there (the paper's agreement analysis).
+
+The nudger answers each prompt alone (greedy, as `--mode nudger`). Its answer, as text, is then read by the base
+token by token in the base's own tokenization: at each position the base's top-1 token either writes the same
+text as the answer's next base token (agreement) or not; after an answer the nudger ended, the base agrees if
+its top-1 is EOS. The base is asked through the same interface nudging uses (`choices_at_prefixes`), so a local
+base reads a whole answer in one forward pass and a remote one in one echo request where its server has echo
+(a server that stops at EOS without its probability leaves the end position out).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Sequence
+
+from nudging.backend import Model
+from nudging.evals import store
+from nudging.pieces import IncrementalDetokenizer
+
+if TYPE_CHECKING:
+    from nudging.nudger import Nudger
+
+GROUP = 64  # positions asked of the base at once (a local base holds their next-token logits together)
+
+
+@dataclass
+class AnswerPositions:
+    """One prompt: the nudger's answer and, at each of its base positions, the top-1 probability and agreement."""
+
+    question: str
+    answer: str
+    ended: bool  # the nudger ended its answer (EOS) within the budget
+    top1: list[float]
+    agree: list[bool]
+    key: str = ""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def answer_targets(base: Model, base_prompt: str, answer: str, ended: bool) -> list[tuple[str, str | None]]:
+    """(text before the position, the answer's next base-token piece there, or None for EOS) for every base
+    position of `answer` after `base_prompt`. Positions inside a multi-byte character are left out."""
+    prompt_ids = base.tokenize(base_prompt)
+    full = base_prompt + answer
+    ids = base.tokenize(full)
+    start = 0
+    while start < min(len(prompt_ids), len(ids)) and prompt_ids[start] == ids[start]:
+        start += 1
+    start = max(start, 1)  # a position needs at least one token before it
+    detokenizer = IncrementalDetokenizer(base.tokenizer, ids[:start])
+    pieces = [detokenizer.push(ids[: j + 1]) for j in range(start, len(ids))]
+    written = "".join(pieces)
+    if not full.endswith(written) or len(written) < len(answer):
+        return []  # a decoder that does not give back the text: nothing to compare against
+    targets: list[tuple[str, str | None]] = []
+    cut = len(full) - len(written)
+    previous_whole = True
+    for piece in pieces:
+        if piece and previous_whole:
+            targets.append((full[:cut], piece))
+        previous_whole = bool(piece)
+        cut += len(piece)
+    if ended:
+        targets.append((full, None))
+    return targets
+
+
+def read_positions(base: Model, base_prompt: str, answer: str, ended: bool) -> tuple[list[float], list[bool]]:
+    """The base's top-1 probability and agreement with the answer at each of its positions."""
+    targets = answer_targets(base, base_prompt, answer, ended)
+    top1: list[float] = []
+    agree: list[bool] = []
+    base.start_generation()
+    for begin in range(0, len(targets), GROUP):
+        group = targets[begin : begin + GROUP]
+        for (_, choice), (_, piece) in zip(base.choices_at_prefixes([text for text, _ in group]), group):
+            if math.isnan(choice.top1_prob):
+                continue  # a server that ends with EOS without saying how likely it was: nothing to place
+            top1.append(choice.top1_prob)
+            agree.append(choice.is_eos if piece is None else (not choice.is_eos and choice.piece == piece))
+    base.finish()
+    return top1, agree
+
+
+def record_key(nudger: "Nudger", question: str, max_new_tokens: int) -> str:
+    """What makes one prompt's measurement what it is (models, prompt formats, budget)."""
+    base_prompt, nudger_prompt = nudger.prompts_for(question)
+    names = [getattr(m, "remote_name", None) or getattr(getattr(m, "model", None), "name_or_path", "")
+             for m in (nudger.base, nudger.nudger)]
+    text = json.dumps([names, base_prompt, nudger_prompt, max_new_tokens])
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def measure(
+    nudger: "Nudger",
+    questions: Sequence[str],
+    max_new_tokens: int,
+    *,
+    batch_size: int = 16,
+    path: Path | None = None,
+    on_done: Callable[[int, int], None] | None = None,
+) -> list[AnswerPositions]:
+    """Positions of every question's nudger answer. With `path`, each finished question is appended there as
+    it is measured, and questions already there are read back instead of answered again."""
+    keys = [record_key(nudger, q, max_new_tokens) for q in questions]
+    known: dict[str, AnswerPositions] = {}
+    if path is not None and path.exists():
+        store.repair(path)
+        known = {row["key"]: AnswerPositions(**row) for row in store.read_rows(path)}
+    pending = [i for i, key in enumerate(keys) if key not in known]
+    done = len(questions) - len(pending)
+    if on_done:
+        on_done(done, len(questions))
+    # In chunks of one batch: a killed run keeps every chunk it finished.
+    for begin in range(0, len(pending), batch_size):
+        chunk = pending[begin : begin + batch_size]
+        answers = nudger.generate_batch([questions[i] for i in chunk], batch_size=batch_size, mode="nudger",
+                                        max_new_tokens=max_new_tokens)
+        for i, result in zip(chunk, answers):
+            base_prompt, _ = nudger.prompts_for(questions[i])
+            ended = result.stop_reason == "eos"
+            top1, agree = read_positions(nudger.base, base_prompt, result.text, ended)
+            known[keys[i]] = AnswerPositions(questions[i], result.text, ended, top1, agree, keys[i])
+            if path is not None:
+                store.append_row(path, known[keys[i]].to_dict())
+            done += 1
+            if on_done:
+                on_done(done, len(questions))
+    return [known[key] for key in keys]
