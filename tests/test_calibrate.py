@@ -260,6 +260,8 @@ def test_bad_gamma_is_a_clear_error(capsys):
     (["--task", "gsm8k", "--grid", "0.1,1.2"], "--grid values must be in (0, 1)"),
     (["--limit", "0"], "--limit must be at least 1"),
     (["--gamma", "auto"], "calibrate chooses gamma itself"),
+    (["--task", "justeval"], "add --grid none"),
+    (["--task", "nosuchtask"], "nosuchtask"),
 ])
 def test_calibrate_argument_errors_come_before_loading(capsys, extra, message):
     code, _, err = run_cli(capsys, "calibrate", "--base", "/nonexistent/base", *extra)

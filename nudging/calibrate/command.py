@@ -61,7 +61,15 @@ def check(args: argparse.Namespace) -> list[float]:
             raise InvalidArgumentError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     if args.gamma == "auto":
         raise InvalidArgumentError("calibrate chooses gamma itself: leave out --gamma auto")
-    return parse_grid(args.grid) if args.task else []
+    if not args.task:
+        return []
+    from nudging.evals.tasks import get_task
+
+    grid = parse_grid(args.grid)
+    if grid and get_task(args.task).kind == "open":
+        raise InvalidArgumentError(f"--task {args.task} is scored by a judge, which calibrate's grid does not use: "
+                                   "add --grid none (its questions still serve as prompts)")
+    return grid
 
 
 def questions_for(args: argparse.Namespace) -> tuple[list[str], str | None, str]:
