@@ -6,7 +6,6 @@ import functools
 import threading
 import time
 from contextlib import nullcontext
-from copy import deepcopy
 from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Iterator, Literal, Sequence
@@ -150,14 +149,15 @@ class Nudger:
         return nudger_
 
     def replica(self) -> "Nudger":
-        """Another Nudger over the same weights with caches and tokenizers of its own, so that two requests can
-        run at once (a model's KV cache belongs to one generation at a time)."""
+        """Another Nudger over the same weights with caches of its own, so that two requests can run at once (a
+        model's KV cache belongs to one generation at a time). Tokenizers are shared: a fast tokenizer is only
+        read (never given truncation or padding), and a copy of a large vocabulary takes seconds."""
         def copy(model: Model | None) -> Model | None:
             if model is None:
                 return None
             if not isinstance(model, LocalModel):
                 return model.replica()
-            return LocalModel(model.model, deepcopy(model.tokenizer), name=model.name, sampling=model.sampling)
+            return LocalModel(model.model, model.tokenizer, name=model.name, sampling=model.sampling)
 
         return Nudger(copy(self.base), copy(self.nudger), self.config, self.system,
                       anti_expert=copy(self.anti_expert), baselines=self.baselines)
@@ -165,7 +165,8 @@ class Nudger:
     def lanes(self, count: int) -> list["Nudger"]:
         """`count` Nudgers over the same weights whose local models run their forward passes together: while
         several of them generate at once (one thread each), every pass of a model is one packed pass for all of
-        them (nudging.batch). Remote models get a replica each (their servers batch on their side)."""
+        them (nudging.batch). Remote models get a replica each (their servers batch on their side). Tokenizers are
+        shared, as in `replica`."""
         if count < 1:
             raise InvalidArgumentError(f"lanes: count must be at least 1, got {count}")
         packed = {role: PackedModel(model.model) for role, model in self._models().items()
@@ -176,8 +177,6 @@ class Nudger:
             model = getattr(self, role)
             if model is None or role not in packed:
                 return None if model is None else model.replica()
-            # One tokenizer for all lanes: a fast tokenizer is only read (never given truncation or padding), so
-            # threads may share it, and a copy of a large vocabulary takes seconds.
             return Lane(packed[role], batch, model.tokenizer, name=model.name, sampling=model.sampling)
 
         lanes = []

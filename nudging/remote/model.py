@@ -19,7 +19,6 @@ needs its chat template, the base counts the answer budget and aligns echoed tok
 from __future__ import annotations
 
 import math
-from copy import deepcopy
 from dataclasses import asdict, dataclass
 from typing import Any, Iterator, Literal, Sequence
 
@@ -128,9 +127,10 @@ class RemoteModel(TokenizedModel):
         self._open: RemoteRun | None = None
 
     def replica(self) -> "RemoteModel":
-        """Another handle on the same server, with its own counters and open stream (one per generation)."""
+        """Another handle on the same server, with its own counters and open stream (one per generation); the
+        tokenizer is shared (only read, as on lanes)."""
         return RemoteModel(
-            self.client, self.remote_name, deepcopy(self.tokenizer), self.capabilities, name=self.name,
+            self.client, self.remote_name, self.tokenizer, self.capabilities, name=self.name,
             sampling=self.sampling, protocol=self.protocol, stage_tokens=self.stage_tokens, extra_body=self.extra_body,
         )
 
