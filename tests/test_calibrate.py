@@ -84,7 +84,7 @@ def test_best_gamma_on_overlapping_distributions():
     row = analysis.row_for(0.1, top1, flags)
     assert row.disagreement_rate_below == 1.0 and row.agreements_nudged == 0.0
     assert row.disagreements_caught == pytest.approx(0.2, abs=0.03)
-    assert analysis.nudged_shares(top1)[analysis.CANDIDATES.index(0.5)] == pytest.approx(
+    assert analysis.share_below(top1)[analysis.CANDIDATES.index(0.5)] == pytest.approx(
         (1000 + 4000 * 0.15 / 0.65) / 5000, abs=0.02)
 
 

@@ -76,22 +76,16 @@ def row_for(gamma: float, top1: Sequence[float], agree: Sequence[bool]) -> Gamma
     )
 
 
+def share_below(values: Sequence[float]) -> np.ndarray:
+    """For every candidate gamma, the share of `values` below it (zeros where there are none)."""
+    ordered = np.sort(np.asarray(values, dtype=float))
+    return np.searchsorted(ordered, np.asarray(CANDIDATES), side="left") / max(1, len(ordered))
+
+
 def separations(top1: Sequence[float], agree: Sequence[bool]) -> np.ndarray:
     """Youden's J of every candidate gamma."""
     probs, agreeing = np.asarray(top1, dtype=float), np.asarray(agree, dtype=bool)
-    candidates = np.asarray(CANDIDATES)
-
-    def share_below(values: np.ndarray) -> np.ndarray:
-        if not len(values):
-            return np.zeros(len(candidates))
-        return np.searchsorted(np.sort(values), candidates, side="left") / len(values)
-
     return share_below(probs[~agreeing]) - share_below(probs[agreeing])
-
-
-def nudged_shares(top1: Sequence[float]) -> np.ndarray:
-    """The share of positions below every candidate gamma."""
-    return np.searchsorted(np.sort(np.asarray(top1, dtype=float)), np.asarray(CANDIDATES), side="left") / max(1, len(top1))
 
 
 def best_gamma(top1: Sequence[float], agree: Sequence[bool]) -> float:

@@ -114,7 +114,7 @@ def main(args: argparse.Namespace, load) -> int:
                       path=out / "positions.jsonl", on_done=progress)
     calibration = analysis.calibrate(records, seed=args.seed)
     top1, agree = analysis.flatten(records)
-    draw(calibration, analysis.separations(top1, agree), analysis.nudged_shares(top1), out / "calibration.png",
+    draw(calibration, analysis.separations(top1, agree), analysis.share_below(top1), out / "calibration.png",
          title=f"base {short_name(args.base)} · nudger {short_name(args.nudger)} · {described}")
     result: GridResult | None = None
     if grid:

@@ -3,6 +3,7 @@ through the eval runner, so its answers are kept, resumed and reported like any 
 
 from __future__ import annotations
 
+import json
 import random
 from dataclasses import asdict, dataclass, replace
 from typing import Callable, Sequence
@@ -61,12 +62,10 @@ def run_grid(
         [path] = runner.run(request_g, on_progress=show, warn=warn, loaded=nudger)
         results = list(store.read_rows(path))
         verdicts[gamma] = {row["id"]: bool(report.verdict(row)) for row in results}
-        correct = sum(verdicts[gamma].values())
-        low, high = report.wilson(correct, len(results))
-        words = sum(row["stats"]["nudged_words"] for row in results if row.get("stats"))
-        total = sum(row["stats"]["total_words"] for row in results if row.get("stats"))
-        rows.append(GridRow(gamma, len(results), correct, correct / len(results), low, high,
-                            words / total if total else 0.0))
+        settings = json.loads(path.with_suffix(".json").read_text(encoding="utf-8"))
+        [summary] = report.summarize([(settings, results)])  # as `nudging eval` tables it
+        rows.append(GridRow(gamma, summary.items, summary.correct, summary.accuracy, summary.ci_low, summary.ci_high,
+                            summary.nudged_word_fraction or 0.0))
     ids = sorted(set.intersection(*(set(v) for v in verdicts.values())))
     by_gamma = {g: [verdicts[g][i] for i in ids] for g in gammas}
     chosen = most_accurate(gammas, by_gamma, prefer)

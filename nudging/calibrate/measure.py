@@ -88,9 +88,9 @@ def read_positions(base: Model, base_prompt: str, answer: str, ended: bool) -> t
     return top1, agree
 
 
-def record_key(nudger: "Nudger", question: str, max_new_tokens: int) -> str:
-    """What makes one prompt's measurement what it is (models, prompt formats, budget)."""
-    base_prompt, nudger_prompt = nudger.prompts_for(question)
+def record_key(nudger: "Nudger", prompts: tuple[str, str], max_new_tokens: int) -> str:
+    """What makes one prompt's measurement what it is (models, both prompts, budget)."""
+    base_prompt, nudger_prompt = prompts
     names = [getattr(m, "remote_name", None) or getattr(getattr(m, "model", None), "name_or_path", "")
              for m in (nudger.base, nudger.nudger)]
     text = json.dumps([names, base_prompt, nudger_prompt, max_new_tokens])
@@ -108,7 +108,8 @@ def measure(
 ) -> list[AnswerPositions]:
     """Positions of every question's nudger answer. With `path`, each finished question is appended there as
     it is measured, and questions already there are read back instead of answered again."""
-    keys = [record_key(nudger, q, max_new_tokens) for q in questions]
+    prompts = [nudger.prompts_for(q) for q in questions]
+    keys = [record_key(nudger, pair, max_new_tokens) for pair in prompts]
     known: dict[str, AnswerPositions] = {}
     if path is not None and path.exists():
         store.repair(path)
@@ -123,9 +124,8 @@ def measure(
         answers = nudger.generate_batch([questions[i] for i in chunk], batch_size=batch_size, mode="nudger",
                                         max_new_tokens=max_new_tokens)
         for i, result in zip(chunk, answers):
-            base_prompt, _ = nudger.prompts_for(questions[i])
             ended = result.stop_reason == "eos"
-            top1, agree = read_positions(nudger.base, base_prompt, result.text, ended)
+            top1, agree = read_positions(nudger.base, prompts[i][0], result.text, ended)
             known[keys[i]] = AnswerPositions(questions[i], result.text, ended, top1, agree, keys[i])
             if path is not None:
                 store.append_row(path, known[keys[i]].to_dict())
