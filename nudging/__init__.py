@@ -1,39 +1,39 @@
 """nudging: training-free, inference-time alignment of a base LLM by a small aligned model.
 
-Implements Nudging (Fei, Razeghi, Singh, ACL 2025, arXiv 2410.09300).
+Implements Nudging (Fei, Razeghi, Singh, ACL 2025, arXiv 2410.09300). The public names below load on first use,
+so that `import nudging.backends.interface` (or the remote backend) does not bring in torch.
 """
 
-from nudging.backend import LocalModel
-from nudging.config import BaselineConfig, NudgingConfig, SamplingConfig
-from nudging.errors import (
-    InvalidArgumentError,
-    ModelNotFoundError,
-    NotCausalLMError,
-    NudgingError,
-    PromptTooLongError,
-    RemoteError,
-)
-from nudging.methods import METHODS, MODES
-from nudging.nudger import Nudger
-from nudging.result import GenerationResult, GenerationStats
-from nudging.text import Span
+from __future__ import annotations
 
-__all__ = [
-    "BaselineConfig",
-    "GenerationResult",
-    "GenerationStats",
-    "InvalidArgumentError",
-    "LocalModel",
-    "METHODS",
-    "MODES",
-    "ModelNotFoundError",
-    "NotCausalLMError",
-    "Nudger",
-    "NudgingConfig",
-    "NudgingError",
-    "PromptTooLongError",
-    "RemoteError",
-    "SamplingConfig",
-    "Span",
-]
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "BaselineConfig": "nudging.config",
+    "GenerationResult": "nudging.result",
+    "GenerationStats": "nudging.result",
+    "InvalidArgumentError": "nudging.errors",
+    "LocalModel": "nudging.backends.local",
+    "METHODS": "nudging.methods",
+    "MODES": "nudging.methods",
+    "ModelNotFoundError": "nudging.errors",
+    "NotCausalLMError": "nudging.errors",
+    "Nudger": "nudging.nudger",
+    "NudgingConfig": "nudging.config",
+    "NudgingError": "nudging.errors",
+    "PromptTooLongError": "nudging.errors",
+    "RemoteError": "nudging.errors",
+    "SamplingConfig": "nudging.config",
+    "Span": "nudging.text",
+}
+__all__ = sorted(_EXPORTS)
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'nudging' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value

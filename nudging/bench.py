@@ -2,87 +2,19 @@
 
 from __future__ import annotations
 
-import json
 import sys
 import time
-from pathlib import Path
 
-import torch
-
-from nudging.backend import LocalModel
 from nudging.errors import InvalidArgumentError, PromptTooLongError
 from nudging.nudger import Nudger
-
-BUILT_IN_PROMPTS = [
-    'Take the last letters of each word in "Ada Lovelace" and concatenate them.',
-    "What is 12 * 7? Explain briefly.",
-    "Give three tips for staying focused while studying.",
-    "Is a tomato a fruit or a vegetable?",
-    "Why is the sky blue?",
-    "Name the planets of the solar system.",
-    "How do I boil an egg?",
-    "What is the capital of France?",
-    "Write a haiku about autumn.",
-    "What causes rain?",
-    "Explain what a prime number is.",
-    "How many legs does a spider have?",
-    "What is photosynthesis?",
-    "Translate 'good morning' into Spanish.",
-    "Why do we need sleep?",
-    "What is 15% of 80?",
-]
-DEFAULT_PROMPTS = BUILT_IN_PROMPTS[:4]
-
-
-def default_prompts(batch: int) -> list[str]:
-    """The built-in prompts a run uses: four, or as many as the batch holds (up to 16)."""
-    return BUILT_IN_PROMPTS[: max(len(DEFAULT_PROMPTS), min(batch, len(BUILT_IN_PROMPTS)))]
-
-
-def read_prompts(path: str) -> list[str]:
-    """One question per line, or JSONL objects with a `question` (or `prompt`) field."""
-    file = Path(path)
-    if not file.is_file():
-        raise InvalidArgumentError(f"--prompts: no such file {path}")
-    prompts = []
-    for number, line in enumerate(file.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        if line.lstrip().startswith("{"):
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise InvalidArgumentError(f"--prompts: line {number} of {path} is not valid JSON: {error}") from None
-            text = record.get("question", record.get("prompt"))
-            if not isinstance(text, str):
-                raise InvalidArgumentError(f"--prompts: line {number} of {path} has no 'question' string")
-            prompts.append(text)
-        else:
-            prompts.append(line.strip())
-    if not prompts:
-        raise InvalidArgumentError(f"--prompts: {path} holds no prompts")
-    return prompts
 
 
 def base_only(nudger: Nudger, prompt: str, max_new_tokens: int) -> tuple[int, float]:
     """(answer tokens, seconds) of the base alone, greedy: transformers' cached generate, or for a remote base
     one completion request (what serving the base without nudging costs)."""
-    base = nudger.base
-    if not isinstance(base, LocalModel):
-        started = time.perf_counter()
-        text, _ = base.greedy(prompt, max_new_tokens)
-        return base.count_tokens(text), time.perf_counter() - started
-    inputs = base.tokenizer(prompt, return_tensors="pt").to(base.device)
-    eos = sorted(base.eos_ids)
     started = time.perf_counter()
-    with torch.inference_mode():
-        output = base.model.generate(
-            **inputs, max_new_tokens=max_new_tokens, do_sample=False, temperature=None, top_p=None, top_k=None,
-            eos_token_id=eos, pad_token_id=eos[0] if eos else None,
-        )
-    seconds = time.perf_counter() - started
-    new = output[0, inputs["input_ids"].shape[1] :].tolist()
-    return sum(1 for token in new if token not in base.eos_ids), seconds
+    tokens = nudger.base.plain_decode(prompt, max_new_tokens)
+    return tokens, time.perf_counter() - started
 
 
 def run(
@@ -90,7 +22,7 @@ def run(
     skipped: dict[str, str] | None = None, progress: bool = True, batch: int = 1,
 ) -> dict:
     """Time base-only decoding and every method on the same prompts, in one run; ratios are per answer token.
-    With batch > 1, nudging also answers the prompts `batch` at a time (nudging.batch), against one at a time."""
+    With batch > 1, nudging also answers the prompts `batch` at a time (nudging.backends.batch), against one at a time."""
     check_batch(batch, methods)
     skipped = dict(skipped or {})
     for method in list(methods):  # warm-up: first calls pay one-off costs
@@ -147,8 +79,8 @@ def batched(nudger: Nudger, rows: list[dict], max_new_tokens: int, batch: int, p
     one_seconds = sum(row["nudging"]["seconds"] for row in rows)
     same = sum(result.text == row["nudging"]["text"] and result.stop_reason == row["nudging"]["stop_reason"]
                for result, row in zip(results, rows))
-    packed = {role: getattr(lanes[0], role).packed.stats.to_dict() for role in ("base", "nudger")
-              if hasattr(getattr(lanes[0], role), "packed")}
+    packed = {role: model.packed.stats.to_dict() for role in ("base", "nudger")
+              if (model := getattr(lanes[0], role)) is not None and hasattr(model, "packed")}
     one_rate = one_tokens / one_seconds if one_seconds else 0.0
     rate = tokens / seconds if seconds else 0.0
     return {

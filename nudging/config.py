@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from nudging.errors import InvalidArgumentError
+
+
+BATCH_SIZE = 16  # generations answered at once by default (generate_batch, --batch-size)
+MAX_LOOKAHEAD = 256  # tokens per lookahead at most: the nudger writes words, not whole answers, per round
 
 
 @dataclass(frozen=True)
@@ -23,6 +27,13 @@ class NudgingConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise InvalidArgumentError(f"{name} must be an integer >= 1, got {value!r}")
+        if self.lookahead > MAX_LOOKAHEAD:
+            raise InvalidArgumentError(f"lookahead must be at most {MAX_LOOKAHEAD}, got {self.lookahead!r}")
+
+    def with_overrides(self, **values: object) -> "NudgingConfig":
+        """This config with the given fields replaced (None: keep this config's value), validated."""
+        changed = {name: value for name, value in values.items() if value is not None}
+        return replace(self, **changed) if changed else self
 
 
 @dataclass(frozen=True)

@@ -2,21 +2,20 @@
 
 A large base model writes the answer; wherever its top-1 probability falls below gamma the small aligned
 nudger writes the next word(s). The models exchange text only. This module is the one place the algorithm lives:
-the CLI, the server and the evaluation consume its spans.
+the CLI, the server and the evaluation consume its spans. Each round is recorded in `state.trace`.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Iterator, Literal
 
-from nudging.backend import Choice, Model, Run
+from nudging.backends.interface import Choice, Model, Run
 from nudging.config import NudgingConfig
 from nudging.errors import ContextWindowFull
 from nudging.text import Source, Span, join_words, split_lookahead
+from nudging.trace import RoundTrace
 
-STAGE_CHUNK = 16  # tokens per base request in the authors' code (the request count; remote "chunked" stages)
 StopReason = Literal["nudger_eos", "repetition", "length", "eos", "stop"]
 
 
@@ -25,13 +24,18 @@ class EngineState:
     """What a generation has produced so far; the engine owns it, callers read it."""
 
     answer: str = ""
-    rounds: int = 0
     stop_reason: StopReason | None = None
     nudges: list[str] = field(default_factory=list)
-    word_checks: int = 0  # base queries at word boundaries (step 2)
-    # Requests the authors' API code would send for this answer. Nudging: one per lookahead, one per word
-    # boundary checked and one per 16 tokens of a base stage (the text ensemble counts its own).
-    paper_requests: int = 0
+    trace: list[RoundTrace] = field(default_factory=list)  # one entry per round
+
+    @property
+    def rounds(self) -> int:
+        return len(self.trace)
+
+    @property
+    def word_checks(self) -> int:
+        """Base queries at word boundaries (step 2)."""
+        return sum(round_.boundaries_checked for round_ in self.trace)
 
 
 def nudge(
@@ -51,22 +55,25 @@ def _rounds(
         return base.count_tokens(state.answer) >= config.max_new_tokens
 
     while True:
-        state.rounds += 1
-        state.paper_requests += 1
+        trace = RoundTrace()
+        state.trace.append(trace)
         base.finish()  # the base's last run is over (a remote base's stream is closed here)
         # 1. Lookahead: the nudger proposes up to L tokens.
         lookahead, nudger_done = nudger.greedy(nudger_prompt + state.answer, config.lookahead)
+        trace.lookahead_chars = len(lookahead)
         if nudger_done:
+            trace.takeover = "end"
             state.answer += lookahead
             yield Span(lookahead, "nudger")
             state.stop_reason = "nudger_eos"
             return
 
         # 2. Nudging words: accept words until the base is confident again or agrees with the next word.
-        nudge_text, takeover = _accept_words(base, base_prompt + state.answer, lookahead, config.gamma, state)
+        nudge_text, takeover = _accept_words(base, base_prompt + state.answer, lookahead, config.gamma, trace)
 
         # 3. Repetition guard.
         if len(state.nudges) >= 3 and all(previous == nudge_text for previous in state.nudges[-3:]):
+            trace.takeover = "end"
             state.stop_reason = "repetition"
             return
         state.nudges.append(nudge_text)
@@ -82,26 +89,21 @@ def _rounds(
         if takeover is None:
             continue
         run, choice = takeover
-        stage_tokens, full = 0, False
         while not choice.is_eos:
-            piece = run.append(choice.token)
-            stage_tokens += 1
+            piece = run.append(choice)
+            trace.stage_tokens += 1
             state.answer += piece
             yield Span(piece, "base")
-            full = budget_reached()
-            if full:
-                break
+            if budget_reached():
+                state.stop_reason = "length"
+                return
             choice = run.next_choice()
             if choice.top1_prob < config.gamma:
                 break
-        state.paper_requests += math.ceil(stage_tokens / STAGE_CHUNK)
-        if full:
-            state.stop_reason = "length"
-            return
 
 
 def _accept_words(
-    base: Model, prefix: str, lookahead: str, gamma: float, state: EngineState
+    base: Model, prefix: str, lookahead: str, gamma: float, trace: RoundTrace
 ) -> tuple[str, tuple[Run, Choice] | None]:
     """Spec step 2: the nudge text, and the base run and token that take over after it (None if none does)."""
     lead, words = split_lookahead(lookahead)
@@ -110,9 +112,9 @@ def _accept_words(
     if queries:
         # The whole lookahead goes along as a draft: where the base agrees with it, its stage is already computed.
         for i, (run, choice) in zip(candidates, base.choices_at_prefixes(queries, draft=prefix + lookahead)):
-            state.word_checks += 1
-            state.paper_requests += 1
+            trace.boundaries_checked += 1
             if choice.is_eos or choice.top1_prob >= gamma or (" " + words[i]).startswith(choice.piece):
+                trace.takeover = "eos" if choice.is_eos else "base"
                 return join_words(lead, words[:i]), (run, choice)
     if len(words) == 1:
         return lookahead, None
@@ -130,7 +132,7 @@ def single_model(
             if choice.is_eos:
                 state.stop_reason = "eos"
                 return
-            piece = run.append(choice.token)
+            piece = run.append(choice)
             state.answer += piece
             yield Span(piece, source)
         state.stop_reason = "length"

@@ -1,4 +1,5 @@
-"""The methods a Nudger runs: nudging and the paper's baselines, with the models each one needs.
+"""The methods a Nudger runs: nudging and the paper's baselines, with the models each one needs and the
+generator that runs it.
 
 Every method answers through the same call (`Nudger.generate(..., mode=NAME)`) and returns the same result
 object; this table says which models a method uses and what it asks of them, so that a method that cannot run
@@ -7,12 +8,32 @@ on the models given fails at once with an error that names the methods that can.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterator, Mapping
 
+from nudging import engine
+from nudging.backends.interface import Model
+from nudging.baselines.fusion import ensemble, fused_decode, proxy_tuning
+from nudging.baselines.in_context import in_context, in_context_prompt
+from nudging.baselines.text_ensemble import text_ensemble
+from nudging.config import BaselineConfig, NudgingConfig
 from nudging.errors import InvalidArgumentError
+from nudging.text import Span
 
 Role = str  # "base", "nudger" or "anti_expert"
+ROLES: tuple[Role, ...] = ("base", "nudger", "anti_expert")
+
+
+@dataclass(frozen=True)
+class Call:
+    """One generation as a method's generator gets it: the models and prompts by role, the settings, the state."""
+
+    models: Mapping[Role, Model]
+    prompts: Mapping[Role, str]
+    config: NudgingConfig
+    baselines: BaselineConfig
+    state: engine.EngineState
 
 
 @dataclass(frozen=True)
@@ -20,28 +41,68 @@ class Method:
     name: str
     summary: str
     roles: tuple[Role, ...]  # the models it runs
+    generate: Callable[[Call], Iterator[Span]]
     shared_vocabulary: bool = False  # combines next-token distributions id by id: one vocabulary, local models
     logprobs: tuple[Role, ...] = ()  # roles whose probabilities it reads (a remote server must return logprobs)
+    base_prompt: Callable[[str, str | None], str] | None = None  # (question, system) -> base prompt, if not the plain one
+
+
+def _nudging(call: Call) -> Iterator[Span]:
+    m, p = call.models, call.prompts
+    return engine.nudge(m["base"], m["nudger"], p["base"], p["nudger"], call.config, call.state)
+
+
+def _alone(role: Role) -> Callable[[Call], Iterator[Span]]:
+    def generate(call: Call) -> Iterator[Span]:
+        return engine.single_model(call.models[role], role, call.prompts[role], call.config.max_new_tokens, call.state)
+
+    return generate
+
+
+def _fused(combine: Callable[[BaselineConfig], Callable], roles: tuple[Role, ...]) -> Callable[[Call], Iterator[Span]]:
+    def generate(call: Call) -> Iterator[Span]:
+        return fused_decode([call.models[r] for r in roles], [call.prompts[r] for r in roles],
+                            combine(call.baselines), call.config.max_new_tokens, call.state)
+
+    return generate
+
+
+def _text_ensemble(call: Call) -> Iterator[Span]:
+    m, p = call.models, call.prompts
+    return text_ensemble(m["base"], m["nudger"], p["base"], p["nudger"], call.baselines.top_k,
+                         call.config.max_new_tokens, call.state)
+
+
+def _in_context(call: Call) -> Iterator[Span]:
+    return in_context(call.models["base"], call.prompts["base"], call.config.max_new_tokens, call.state)
 
 
 METHODS: dict[str, Method] = {
     method.name: method
     for method in (
         Method("nudging", "the base writes; the nudger writes the words where the base is unsure",
-               ("base", "nudger"), logprobs=("base",)),
-        Method("base", "the base alone, greedy", ("base",)),
-        Method("nudger", "the nudger alone, greedy", ("nudger",)),
+               ("base", "nudger"), _nudging, logprobs=("base",)),
+        Method("base", "the base alone, greedy", ("base",), _alone("base")),
+        Method("nudger", "the nudger alone, greedy", ("nudger",), _alone("nudger")),
         Method("proxy-tuning", "base + alpha * (expert - anti-expert) logits, token by token (Liu et al. 2024)",
-               ("base", "nudger", "anti_expert"), shared_vocabulary=True),
+               ("base", "nudger", "anti_expert"), _fused(lambda b: proxy_tuning(b.alpha), ROLES),
+               shared_vocabulary=True),
         Method("ensemble", "the average of base and nudger next-token probabilities, token by token",
-               ("base", "nudger"), shared_vocabulary=True),
+               ("base", "nudger"), _fused(lambda b: ensemble, ("base", "nudger")), shared_vocabulary=True),
         Method("ensemble-text", "both decode while their token strings agree; at a disagreement the string with "
                "the highest summed top-k probability (the paper's cross-tokenizer ensemble)",
-               ("base", "nudger"), logprobs=("base", "nudger")),
-        Method("in-context", "the base alone after fixed example dialogues (URIAL-style prompt)", ("base",)),
+               ("base", "nudger"), _text_ensemble, logprobs=("base", "nudger")),
+        Method("in-context", "the base alone after fixed example dialogues (URIAL-style prompt)", ("base",),
+               _in_context, base_prompt=in_context_prompt),
     )
 }
 MODES = tuple(METHODS)
+
+
+def method_named(name: str) -> Method:
+    if name not in METHODS:
+        raise InvalidArgumentError(f"mode must be one of {', '.join(MODES)}, got {name!r}")
+    return METHODS[name]
 
 
 def roles_for(methods: list[str] | tuple[str, ...]) -> set[Role]:
@@ -75,6 +136,19 @@ def unfit_reason(
     return None
 
 
+def check_fits(method: Method, models: Mapping[Role, Model]) -> None:
+    """Raise if `method` cannot run on these loaded models: one it needs is missing, or it combines
+    distributions token by token and they are not local models with one vocabulary."""
+    for role in method.roles:
+        if role not in models:
+            raise InvalidArgumentError(f"mode {method.name!r} needs a {role.replace('_', '-')} model, but this "
+                                       "Nudger was built without one")
+    vocabulary = functools.cache(lambda role: models[role].tokenizer.get_vocab())
+    reason = unfit_reason(method, lambda role: True, lambda role: not models[role].full_distribution, vocabulary)
+    if reason is not None:
+        raise unfit_error(method.name, reason)
+
+
 def unfit_error(name: str, reason: str) -> InvalidArgumentError:
     return InvalidArgumentError(f"{name} {reason}; with these models use one of: {', '.join(working_methods(False))}")
 
@@ -83,7 +157,7 @@ def fitting(names: list[str], base: str, nudger: str, anti_expert: str | None = 
     """Split methods into those these model specs can run and the others, each with the reason. Only
     tokenizers are loaded (to compare vocabularies), so this is quick next to loading the models."""
     from nudging import models
-    from nudging.remote.spec import is_remote
+    from nudging.backends.remote.spec import is_remote
 
     specs = {"base": base, "nudger": nudger, "anti_expert": anti_expert}
     vocabularies: dict[Role, dict[str, int]] = {}

@@ -1,8 +1,13 @@
-"""Prompts as in the paper: plain text for the base, the nudger's own chat template for the nudger."""
+"""Prompts as in the paper: plain text for the base, the nudger's own chat template for the nudger; the built-in
+questions (bench, calibration) and questions read from a file."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
+
+from nudging.errors import InvalidArgumentError
 
 DEFAULT_ANSWER_PREFIX = "Answer:\n"
 
@@ -74,3 +79,54 @@ def _tokenizer_adds_bos(tokenizer: Any) -> bool:
     bos_id = getattr(tokenizer, "bos_token_id", None)
     ids = tokenizer("x")["input_ids"]
     return bos_id is not None and len(ids) > 0 and ids[0] == bos_id
+
+
+BUILT_IN_PROMPTS = [
+    'Take the last letters of each word in "Ada Lovelace" and concatenate them.',
+    "What is 12 * 7? Explain briefly.",
+    "Give three tips for staying focused while studying.",
+    "Is a tomato a fruit or a vegetable?",
+    "Why is the sky blue?",
+    "Name the planets of the solar system.",
+    "How do I boil an egg?",
+    "What is the capital of France?",
+    "Write a haiku about autumn.",
+    "What causes rain?",
+    "Explain what a prime number is.",
+    "How many legs does a spider have?",
+    "What is photosynthesis?",
+    "Translate 'good morning' into Spanish.",
+    "Why do we need sleep?",
+    "What is 15% of 80?",
+]
+DEFAULT_PROMPTS = BUILT_IN_PROMPTS[:4]
+
+
+def default_prompts(batch: int) -> list[str]:
+    """The built-in prompts a run uses: four, or as many as the batch holds (up to 16)."""
+    return BUILT_IN_PROMPTS[: max(len(DEFAULT_PROMPTS), min(batch, len(BUILT_IN_PROMPTS)))]
+
+
+def read_prompts(path: str) -> list[str]:
+    """One question per line, or JSONL objects with a `question` (or `prompt`) field."""
+    file = Path(path)
+    if not file.is_file():
+        raise InvalidArgumentError(f"--prompts: no such file {path}")
+    prompts = []
+    for number, line in enumerate(file.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        if line.lstrip().startswith("{"):
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise InvalidArgumentError(f"--prompts: line {number} of {path} is not valid JSON: {error}") from None
+            text = record.get("question", record.get("prompt"))
+            if not isinstance(text, str):
+                raise InvalidArgumentError(f"--prompts: line {number} of {path} has no 'question' string")
+            prompts.append(text)
+        else:
+            prompts.append(line.strip())
+    if not prompts:
+        raise InvalidArgumentError(f"--prompts: {path} holds no prompts")
+    return prompts

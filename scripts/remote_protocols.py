@@ -18,7 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from nudging import Nudger, models  # noqa: E402
-from nudging.bench import DEFAULT_PROMPTS  # noqa: E402
+from nudging.prompts import DEFAULT_PROMPTS  # noqa: E402
 from nudging.evals.examples import SYSTEM_PROMPT  # noqa: E402
 from nudging.evals.tasks import get_task, load_examples, select  # noqa: E402
 

@@ -1,4 +1,4 @@
-"""Batched generation (nudging.batch): many answers at once, each the answer the spec gives it alone.
+"""Batched generation (nudging.backends.batch): many answers at once, each the answer the spec gives it alone.
 
 Tiny models built here, in float64: the batched answers are compared with the plain reference implementation of
 the spec (tests/reference.py), and with one-at-a-time generation for the other methods.
@@ -13,8 +13,9 @@ import pytest
 import torch
 from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
-from nudging import Nudger, batch
-from nudging.backend import LocalModel
+from nudging import Nudger
+from nudging.backends import batch
+from nudging.backends.local import LocalModel
 from nudging.errors import InvalidArgumentError
 from reference import RefModel, reference_nudging
 from test_engine_reference import PROMPTS, SETTINGS, _chat, _pairs

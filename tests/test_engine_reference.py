@@ -7,7 +7,7 @@ import itertools
 import pytest
 
 from nudging import Nudger
-from nudging.backend import LocalModel
+from nudging.backends.local import LocalModel
 from reference import RefModel, reference_nudging
 from tiny import byte_level_tokenizer, local, metaspace_tokenizer, stuck_llama, tiny_llama
 
@@ -117,3 +117,19 @@ def test_base_verifies_the_lookahead_and_nudger_reuses_its_own(tokenizers):
     for role in ("base", "nudger"):
         assert with_reuse[role]["reused_positions"] > 0 and without[role]["reused_positions"] == 0
         assert with_reuse[role]["forward_passes"] < without[role]["forward_passes"], (role, with_reuse, without)
+
+
+def test_the_trace_records_the_reference_decisions(outcomes):
+    """Each round's trace says what the spec's decisions were: boundaries checked and who took over."""
+    checks = {"takeover_by_eos", "takeover_confident", "takeover_agrees", "word_accepted"}
+    for name, prompt, gamma, lookahead, budget, expected, got in outcomes:
+        where = f"{name} prompt={prompt!r} gamma={gamma} L={lookahead} M={budget}"
+        trace = got.trace
+        assert got.stats.rounds == len(trace) and got.stats.word_checks == sum(r.boundaries_checked for r in trace)
+        assert sum(r.boundaries_checked for r in trace) == sum(e in checks for e in expected.events), where
+        assert sum(r.takeover == "eos" for r in trace) == expected.events.count("takeover_by_eos"), where
+        taken = sum(e.startswith("takeover_") for e in expected.events)
+        assert sum(r.takeover in ("base", "eos") for r in trace) == taken, where
+        assert all(r.stage_tokens == 0 for r in trace if r.takeover not in ("base",)), where
+        if got.stop_reason in ("nudger_eos", "repetition"):
+            assert trace[-1].takeover == "end", where

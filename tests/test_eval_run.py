@@ -297,7 +297,7 @@ def test_proxy_tuning_settings_are_part_of_the_result_key(capsys, tiny_folders, 
 def test_concurrent_items_on_local_models_run_batched_with_the_same_rows(capsys, tiny_folders, tmp_path, monkeypatch):
     """--concurrency 4 on local models answers four items at once on lanes of one batch (their forward passes
     packed together): the same rows as one at a time, and the passes really were shared."""
-    from nudging import batch
+    from nudging.backends import batch
 
     packed_passes = []
     forward = batch.PackedModel.forward

@@ -19,10 +19,10 @@ import pytest
 from nudging import Nudger
 from nudging.cli import main
 from nudging.errors import InvalidArgumentError, RemoteError
-from nudging.remote.client import ClientSettings
-from nudging.remote.model import tokens_of
-from nudging.remote.probe import RemoteWarning, connect
-from nudging.remote.spec import parse
+from nudging.backends.remote.client import ClientSettings
+from nudging.backends.remote.model import tokens_of
+from nudging.backends.remote.probe import RemoteWarning, connect
+from nudging.backends.remote.spec import parse
 from servers import free_port, start_server
 
 QUESTIONS = ["the cat reads the question", "Zoë counts two numbers", "every student finds a long letter"]

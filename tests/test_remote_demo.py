@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from nudging import Nudger, models
-from nudging.bench import DEFAULT_PROMPTS
+from nudging.prompts import DEFAULT_PROMPTS
 from llama_servers import start_llama_server
 from servers import start_server
 from test_remote import same, stop

@@ -1,20 +1,30 @@
-"""`nudging serve` as a real server process on tiny models, spoken to with the official openai client."""
+"""`nudging serve` as a real server process on tiny models, spoken to with the official openai client; and the app
+in this process (fastapi's TestClient, no socket) for the status of each kind of error and the OpenAPI document."""
 
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import openai
 import pytest
 import torch
+from fastapi.testclient import TestClient
 
 from nudging import LocalModel, Nudger, models, prompts
+from nudging.backends.remote.client import ClientSettings
+from nudging.errors import InvalidArgumentError, NudgingError, PromptTooLongError, RemoteError
+from nudging.serve.app import create_app
+from nudging.serve.errors import STATUSES, TooManyRequests, UnknownModel
+from nudging.serve.serving import ServerSettings, Service
+from nudging.text import Span
 from servers import start_server
 
 KEY = "test-key"
@@ -265,3 +275,163 @@ def test_bad_serve_options_are_one_clear_line(capsys, argv, message):
     assert main(["serve", *argv]) == 2
     err = capsys.readouterr().err
     assert err.startswith("nudging: error: ") and message in err
+
+
+# --- the app in this process (no socket): each error type's status, and the OpenAPI document -------------------
+@contextmanager
+def in_process(pair: Nudger, mode: str = "nudging", replicas: int = 1, queue: int = 16):
+    """(service, client) for an app built with create_app around `pair`; the client calls it in this process."""
+    service = Service(pair, mode, replicas=replicas, queue=queue)
+    with TestClient(create_app(service, ServerSettings()), raise_server_exceptions=False) as client:
+        yield service, client
+
+
+def failing(error: BaseException, pieces: tuple[str, ...] = ()):
+    """A generate for a lane that writes `pieces` and then raises `error`."""
+    def generate(*, on_span=None, **_):
+        for piece in pieces:
+            on_span(Span(piece, "base"))
+        raise error
+    return generate
+
+
+def events(text: str) -> list:
+    return [line[6:] if line == "data: [DONE]" else json.loads(line[6:])
+            for line in text.splitlines() if line.startswith("data: ")]
+
+
+@pytest.mark.parametrize("error, status, code", [
+    (InvalidArgumentError("lookahead must be at most 256"), 400, "invalid_value"),
+    (PromptTooLongError("the base prompt is too long"), 400, "context_length_exceeded"),
+    (NudgingError("mode 'x' needs a base model"), 400, "invalid_request"),
+    (RemoteError("the model server at http://127.0.0.1:9/v1 gave up after 1 tries"), 502, "upstream_error"),
+    (TooManyRequests("busy"), 429, "too_many_requests"),
+    (UnknownModel("no such model"), 404, "model_not_found"),
+])
+def test_each_error_type_gets_its_status_from_the_table(local, error, status, code):
+    with in_process(local) as (service, client):
+        service.pool.lanes[0].generate = failing(error)
+        for stream in (False, True):  # before the first piece a stream still gets its status line
+            response = client.post("/v1/completions", json={"prompt": "Hi", "max_tokens": 4, "stream": stream})
+            assert response.status_code == status, response.text
+            body = response.json()["error"]
+            assert body["code"] == code and body["message"] == str(error) and "request_id" not in body
+            assert STATUSES[type(error)].status == status
+
+
+def test_an_unexpected_error_is_500_with_a_request_id_and_no_internals(local, caplog):
+    with in_process(local) as (service, client):
+        service.pool.lanes[0].generate = failing(RuntimeError("secret: /srv/weights token=abc"))
+        with caplog.at_level(logging.ERROR, logger="nudging.serve"):
+            response = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "Hi"}]})
+        assert response.status_code == 500
+        error = response.json()["error"]
+        assert error["type"] == "server_error" and error["code"] == "internal_error"
+        assert error["request_id"].startswith("req-") and error["request_id"] in error["message"]
+        assert "secret" not in response.text and "RuntimeError" not in response.text
+        logged = [r for r in caplog.records if error["request_id"] in r.getMessage()]
+        assert logged and logged[0].exc_info[0] is RuntimeError  # the server's log has the traceback
+        assert client.get("/health").json()["running"] == 0
+
+
+@pytest.mark.parametrize("error, code", [(RuntimeError("secret internals"), "internal_error"),
+                                         (RemoteError("the base's server broke off"), "upstream_error")])
+def test_an_error_after_the_stream_began_is_one_event_then_done(local, error, code):
+    with in_process(local) as (service, client):
+        service.pool.lanes[0].generate = failing(error, pieces=("Hello", " world"))
+        response = client.post("/v1/completions", json={"prompt": "Hi", "stream": True, "nudging": False})
+    assert response.status_code == 200
+    sent = events(response.text)
+    assert "".join(e["choices"][0]["text"] for e in sent[:-2]) == "Hello world"
+    assert sent[-2]["error"]["code"] == code and sent[-1] == "[DONE]"
+    assert "secret" not in response.text
+    assert ("request_id" in sent[-2]["error"]) == (code == "internal_error")
+
+
+def test_an_unknown_model_is_404_on_every_route_that_names_one(local):
+    with in_process(local) as (_, client):
+        for path, body in [("/v1/completions", {"prompt": "Hi"}), ("/tokenize", {"prompt": "Hi"}),
+                           ("/v1/chat/completions", {"messages": [{"role": "user", "content": "Hi"}]})]:
+            response = client.post(path, json={**body, "model": "gpt-9"})
+            assert response.status_code == 404 and response.json()["error"]["param"] == "model", path
+
+
+def test_a_request_beyond_the_running_and_waiting_places_is_429(local):
+    with in_process(local, replicas=1, queue=0) as (service, client):
+        lane = service.pool.lanes[0]
+        gate, generate = threading.Event(), lane.generate
+
+        def held(**options):
+            gate.wait(30)
+            return generate(**options)
+
+        lane.generate = held
+        first: list = []
+        thread = threading.Thread(target=lambda: first.append(
+            client.post("/v1/completions", json={"prompt": "Hi", "max_tokens": 4})))
+        thread.start()
+        deadline = time.monotonic() + 20
+        while service.running == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        refused = client.post("/v1/completions", json={"prompt": "Hi", "max_tokens": 4})
+        gate.set()
+        thread.join(30)
+        deadline = time.monotonic() + 10
+        while service.admitted and time.monotonic() < deadline:  # the worker thread ends just after the answer
+            time.sleep(0.01)
+    assert refused.status_code == 429
+    error = refused.json()["error"]
+    assert error["type"] == "rate_limit_error" and error["code"] == "too_many_requests"
+    assert first[0].status_code == 200 and service.admitted == service.running == 0
+
+
+def test_a_remote_base_whose_server_is_gone_is_502(tiny_folders):
+    upstream, url = start_server(tiny_folders["base"], tiny_folders["nudger"], "--mode", "base")
+    try:
+        pair = Nudger.from_pretrained(f"openai:nudging@{url}/v1", tiny_folders["nudger"],
+                                      base_tokenizer=tiny_folders["base"],
+                                      client_settings=ClientSettings(timeout=2, retries=0, backoff=0.01))
+    finally:
+        upstream.kill()
+        upstream.wait(timeout=30)
+    with in_process(pair) as (_, client):
+        for stream in (False, True):
+            response = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "Hi"}],
+                                                                 "max_tokens": 8, "stream": stream})
+            assert response.status_code == 502, response.text
+            error = response.json()["error"]
+            assert error["type"] == "server_error" and error["code"] == "upstream_error" and error["message"]
+
+
+ROUTE_STATUSES = {
+    ("/v1/completions", "post"): {200, 400, 401, 404, 411, 413, 422, 429, 500, 502},
+    ("/v1/chat/completions", "post"): {200, 400, 401, 404, 411, 413, 422, 429, 500, 502},
+    ("/tokenize", "post"): {200, 400, 401, 404, 411, 413, 422, 500},
+    ("/v1/models", "get"): {200, 400, 401, 413, 500},
+    ("/health", "get"): {200, 500},
+    ("/", "get"): {200, 500},
+}
+
+
+def test_the_openapi_document_lists_every_status_with_the_error_body(local):
+    with in_process(local) as (service, client):
+        schema = create_app(service, ServerSettings()).openapi()
+        assert client.get("/openapi.json").json() == schema
+    operations = {(path, method): operation for path, methods in schema["paths"].items()
+                  for method, operation in methods.items()}
+    assert set(operations) == set(ROUTE_STATUSES)
+    for route, statuses in ROUTE_STATUSES.items():
+        responses = operations[route]["responses"]
+        assert {int(status) for status in responses} == statuses, route
+        for status in statuses - {200}:
+            assert responses[str(status)]["content"]["application/json"]["schema"] == \
+                {"$ref": "#/components/schemas/ErrorBody"}, (route, status)
+    # every status the table gives (but 499: nobody is left to read it) is documented on the generation routes
+    assert {row.status for row in STATUSES.values()} - {499} <= ROUTE_STATUSES[("/v1/completions", "post")]
+    completion = operations[("/v1/completions", "post")]["responses"]["200"]["content"]
+    assert completion["application/json"]["schema"] == {"$ref": "#/components/schemas/CompletionResponse"}
+    assert "text/event-stream" in completion
+    page = operations[("/", "get")]["responses"]["200"]["content"]
+    assert set(page) == {"text/html"}
+    error = schema["components"]["schemas"]["ErrorDetail"]["properties"]
+    assert {"message", "type", "param", "code", "request_id"} <= set(error)

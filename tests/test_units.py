@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from nudging import prompts
-from nudging.backend import LocalModel, eos_token_ids
+from nudging.backends.local import LocalModel, eos_token_ids
 from nudging.config import NudgingConfig, SamplingConfig
 from nudging.errors import InvalidArgumentError, PromptTooLongError
 from nudging.nudger import Nudger
@@ -224,3 +224,100 @@ def test_logits_of_earlier_passes_are_reused_only_while_their_ids_stand(byte_tok
         got = model.logits_from(first[:end], end - 1)
         assert model.counters.forward_passes == before + (end > 4)  # position 3 still stands; later ones don't
         assert torch.allclose(got, fresh.logits_from(first[:end], end - 1), atol=1e-5)
+
+
+# --- trace, load specs, the lane pool ---------------------------------------------------------------------------
+def test_authors_requests_are_counted_from_the_trace():
+    from nudging.trace import RoundTrace, authors_requests
+
+    rounds = [RoundTrace(boundaries_checked=2, takeover="base", stage_tokens=17), RoundTrace(takeover="end")]
+    assert authors_requests("nudging", rounds) == (1 + 2 + 2) + 1  # 17 stage tokens: two 16-token requests
+    assert authors_requests("ensemble-text", [RoundTrace(compared=16), RoundTrace(compared=17)]) == 2 + 4
+    assert authors_requests("base", rounds) == 0
+
+
+def test_load_spec_routes_each_option_to_the_dataclass_that_owns_it():
+    from nudging.loading import LoadSpec
+
+    default = LoadSpec.build()
+    assert default.config == NudgingConfig() and default.models.base == "demo-base" and default.methods == ("nudging",)
+    spec = LoadSpec.build("b", None, gamma="auto", lookahead=None, max_new_tokens=7, dtype="float64", alpha=2.0,
+                          remote_protocol="chunked", mode="base")
+    assert (spec.models.base, spec.models.nudger) == ("b", "demo-nudger")
+    assert spec.gamma_auto and spec.config == NudgingConfig(max_new_tokens=7)
+    assert (spec.local.dtype, spec.baselines.alpha, spec.remote.remote_protocol, spec.methods) == (
+        "float64", 2.0, "chunked", ("base",))
+    with pytest.raises(InvalidArgumentError, match="unknown option 'gama'"):
+        LoadSpec.build(gama=0.3)
+    with pytest.raises(InvalidArgumentError, match="lookahead must be at most 256"):
+        LoadSpec.build(lookahead=257)
+    with pytest.raises(InvalidArgumentError, match="mode must be one of"):
+        LoadSpec.build(mode="beam")
+
+
+def test_command_line_defaults_are_the_config_defaults():
+    from nudging.cli import build_parser
+    from nudging.commands import load_spec
+    from nudging.loading import LoadSpec
+
+    for argv in (["generate", "q"], ["eval", "--task", "gsm8k"], ["serve"], ["bench"], ["calibrate"]):
+        args = build_parser().parse_args(argv)
+        spec = load_spec(args, getattr(args, "max_new_tokens", None) if argv[0] != "serve" else args.max_tokens)
+        built = LoadSpec.build()
+        assert (spec.config.gamma, spec.config.lookahead, spec.models, spec.local, spec.baselines) == (
+            built.config.gamma, built.config.lookahead, built.models, built.local, built.baselines), argv
+        assert spec.remote == built.remote, argv
+
+
+def test_sampling_given_for_one_generation_leaves_the_models_as_they_were(byte_tok, meta_tok):
+    sampled = SamplingConfig(temperature=1.0, seed=3)
+    base = LocalModel(tiny_llama(meta_tok, seed=2), meta_tok)
+    nudger = LocalModel(tiny_llama(byte_tok, seed=5), byte_tok)
+    pair = Nudger(base, nudger, NudgingConfig(gamma=0.3, lookahead=4, max_new_tokens=24))
+    greedy = pair.generate(QUESTIONS[0]).text
+    once = pair.generate(QUESTIONS[0], sampling={"base": sampled, "nudger": sampled}).text
+    assert base.sampling == nudger.sampling == SamplingConfig()  # nothing was set on the shared models
+    assert pair.generate(QUESTIONS[0]).text == greedy != once
+    default_sampled = Nudger(LocalModel(base.model, meta_tok, sampling=sampled),
+                             LocalModel(nudger.model, byte_tok, sampling=sampled), pair.config)
+    assert default_sampled.generate(QUESTIONS[0]).text == once
+
+
+def test_the_lane_pool_lends_each_lane_to_one_generation_and_reports_errors():
+    import threading
+    import time
+
+    from nudging.pool import LanePool
+
+    class Source:
+        def __init__(self):
+            self.busy = set()
+
+        def lanes(self, count):
+            return [f"lane{i}" for i in range(count)]
+
+        def replica(self):
+            return "replica"
+
+    source, lock, seen = Source(), threading.Lock(), []
+
+    def work(lane, item):
+        with lock:
+            assert lane not in source.busy
+            source.busy.add(lane)
+        time.sleep(0.01)
+        with lock:
+            source.busy.discard(lane)
+            seen.append(lane)
+        if item == "boom":
+            raise RuntimeError("boom")
+        return item * 2
+
+    pool = LanePool(source, 3)
+    results = dict(pool.imap(list(range(10)), work))
+    assert results == {i: 2 * i for i in range(10)} and set(seen) == {"lane0", "lane1", "lane2"}
+    assert LanePool(source, 1).lanes == ["replica"]
+    with pytest.raises(RuntimeError, match="boom"):
+        list(LanePool(source, 2).imap(["boom", 1, 2, 3], work))
+    with pytest.raises(InvalidArgumentError, match="size of at least 1"):
+        LanePool(source, 0)

@@ -17,7 +17,7 @@ from typing import Callable, Iterator, Sequence
 
 import torch
 
-from nudging.backend import LocalModel
+from nudging.backends.local import LocalModel
 from nudging.engine import EngineState
 from nudging.errors import ContextWindowFull
 from nudging.text import Span
@@ -51,14 +51,14 @@ def fused_decode(
             width = min(row.shape[-1] for row in logprobs)  # vocabularies padded to different sizes
             logprobs = [row[:width].to(logprobs[0].device) for row in logprobs]
             scores = combine(logprobs)
-            token = int(torch.argmax(scores)) if base.sampling.greedy else base.sample(scores)
+            token = base.sampler(scores)
             if token in eos:
                 state.stop_reason = "eos"
                 return
             source = "base" if token == int(torch.argmax(logprobs[0])) else "nudger"
-            piece = runs[0].append(token)
+            piece = runs[0].append_token(token)
             for run in runs[1:]:
-                run.append(token)
+                run.append_token(token)
             state.answer += piece
             yield Span(piece, source)
         state.stop_reason = "length"

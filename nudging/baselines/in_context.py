@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Iterator
 
-from nudging.backend import Model
+from nudging.backends.interface import Model
 from nudging.engine import EngineState, single_model
 from nudging.text import Span, StopScanner
 

@@ -14,10 +14,11 @@ from __future__ import annotations
 
 from typing import Iterator
 
-from nudging.backend import Choice, Model
-from nudging.engine import STAGE_CHUNK, EngineState
+from nudging.backends.interface import Choice, Model
+from nudging.engine import EngineState
 from nudging.errors import ContextWindowFull
 from nudging.text import Span
+from nudging.trace import RoundTrace
 
 
 def text_ensemble(
@@ -38,23 +39,22 @@ def _rounds(
         return base.count_tokens(state.answer) >= max_new_tokens
 
     while True:
-        state.rounds += 1
+        trace = RoundTrace()
+        state.trace.append(trace)
         base.finish()
         nudger.finish()
         base_run = base.start_run(base_prompt + state.answer, top_k)
         nudger_run = nudger.start_run(nudger_prompt + state.answer, top_k)
-        agreed = 0
         while True:
-            if agreed % STAGE_CHUNK == 0:  # the authors' code asks each model for 16 tokens at a time
-                state.paper_requests += 2
+            trace.compared += 1
             base_choice, nudger_choice = base_run.next_choice(), nudger_run.next_choice()
             if nudger_choice.is_eos:
                 state.stop_reason = "eos"
                 return
             if not base_choice.is_eos and base_choice.piece and base_choice.piece == nudger_choice.piece:
-                base_run.append(base_choice.token)
-                nudger_run.append(nudger_choice.token)
-                agreed += 1
+                base_run.append(base_choice)
+                nudger_run.append(nudger_choice)
+                trace.stage_tokens += 1
                 state.answer += base_choice.piece
                 yield Span(base_choice.piece, "base")
                 if budget_reached():

@@ -4,30 +4,21 @@ stored, so the next run starts at once)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from nudging.calibrate import saved
 from nudging.calibrate.analysis import calibrate
-from nudging.calibrate.measure import measure
-
-if TYPE_CHECKING:
-    from nudging.nudger import Nudger
+from nudging.calibrate.measure import Answering, measure
+from nudging.prompts import BUILT_IN_PROMPTS
 
 AUTO_MAX_NEW_TOKENS = 96  # answer budget per built-in prompt: enough positions, about a minute on the demo pair
 
 
-def generic_prompts() -> list[str]:
-    from nudging.bench import BUILT_IN_PROMPTS
-
-    return list(BUILT_IN_PROMPTS)
-
-
-def resolve(nudger: "Nudger", base: str, nudger_spec: str, path: Path | None = None) -> saved.SavedGamma:
+def resolve(nudger: Answering, base: str, nudger_spec: str, path: Path | None = None) -> saved.SavedGamma:
     """The stored choice for (base, nudger_spec), or a new one measured with `nudger`'s models and stored."""
     found = saved.load(base, nudger_spec, path)
     if found is not None:
         return found
-    questions = generic_prompts()
+    questions = list(BUILT_IN_PROMPTS)
     result = calibrate(measure(nudger, questions, AUTO_MAX_NEW_TOKENS))
     choice = saved.SavedGamma(result.gamma, "separation", result.interval, f"{len(questions)} built-in prompts",
                               base, nudger_spec)

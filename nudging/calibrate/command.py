@@ -8,11 +8,15 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
+from nudging import prompts
 from nudging.calibrate import analysis, saved
 from nudging.calibrate.grid import GridResult, run_grid
 from nudging.calibrate.measure import measure
 from nudging.calibrate.plot import draw
+from nudging.commands import at_least, load_nudger, load_spec, model_options, parse_data
+from nudging.config import BATCH_SIZE
 from nudging.errors import InvalidArgumentError
+from nudging.loading import AUTO
 
 DEFAULT_GRID = (0.1, 0.2, 0.3, 0.4, 0.5)
 
@@ -29,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--grid", default=",".join(map(str, DEFAULT_GRID)),
                         help="with --task: gammas to score nudging at (comma-separated; the separation choice is "
                              "added); 'none' skips the grid")
-    parser.add_argument("--batch-size", type=int, default=16, help="answers generated at once")
+    parser.add_argument("--batch-size", type=int, default=BATCH_SIZE, help="answers generated at once")
     parser.add_argument("--out", default="calibration", help="folder for positions, report, plot and grid answers")
     parser.add_argument("--no-save", action="store_true", help="do not store the chosen gamma for --gamma auto")
 
@@ -56,10 +60,8 @@ def check(args: argparse.Namespace) -> list[float]:
     """Argument errors before any model loads; returns the grid."""
     if args.prompts and args.task:
         raise InvalidArgumentError("give --prompts or --task, not both")
-    for name in ("limit", "max_new_tokens", "batch_size"):
-        if getattr(args, name) < 1:
-            raise InvalidArgumentError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
-    if args.gamma == "auto":
+    at_least(args, 1, "limit", "max_new_tokens", "batch_size")
+    if args.gamma == AUTO:
         raise InvalidArgumentError("calibrate chooses gamma itself: leave out --gamma auto")
     if not args.task:
         return []
@@ -75,25 +77,20 @@ def check(args: argparse.Namespace) -> list[float]:
 def questions_for(args: argparse.Namespace) -> tuple[list[str], str | None, str]:
     """(questions, the system text they go with, a description of them)."""
     if args.prompts:
-        from nudging.bench import read_prompts
-
-        questions = read_prompts(args.prompts)
+        questions = prompts.read_prompts(args.prompts)
         return questions, None, f"{len(questions)} prompts from {Path(args.prompts).name}"
     if args.task:
-        from nudging.evals.cli_eval import parse_data
         from nudging.evals.tasks import get_task, load_examples, select
 
         task = get_task(args.task)
         examples, _ = load_examples(task, parse_data(args.data).get(args.task), args.seed)
         chosen = select(examples, args.limit, args.seed)
         return [task.render(e) for e in chosen], task.system, f"{args.task}, {len(chosen)} items"
-    from nudging.calibrate.auto import generic_prompts
-
-    questions = generic_prompts()
+    questions = list(prompts.BUILT_IN_PROMPTS)
     return questions, None, f"{len(questions)} built-in prompts"
 
 
-def main(args: argparse.Namespace, load) -> int:
+def main(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     console = Console(stderr=True, highlight=False)
@@ -103,7 +100,9 @@ def main(args: argparse.Namespace, load) -> int:
         raise InvalidArgumentError("no questions to calibrate on")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    nudger = load(args)
+    spec = load_spec(args, args.max_new_tokens, "nudging")
+    pair = spec.models
+    nudger = load_nudger(args, spec=spec)
     nudger.system = system
     console.print(f"calibrating on {described}: the nudger answers each, the base reads its answers", style="dim")
 
@@ -115,12 +114,12 @@ def main(args: argparse.Namespace, load) -> int:
     calibration = analysis.calibrate(records, seed=args.seed)
     top1, agree = analysis.flatten(records)
     draw(calibration, analysis.separations(top1, agree), analysis.share_below(top1), out / "calibration.png",
-         title=f"base {short_name(args.base)} · nudger {short_name(args.nudger)} · {described}")
+         title=f"base {short_name(pair.base)} · nudger {short_name(pair.nudger)} · {described}")
     result: GridResult | None = None
     if grid:
         result = _grid(args, nudger, grid + [calibration.gamma], calibration.gamma, console)
-    choice = _choice(args, calibration, result, described)
-    report = {"base": args.base, "nudger": args.nudger, "on": described, "max_new_tokens": args.max_new_tokens,
+    choice = _choice(pair, calibration, result, described)
+    report = {"base": pair.base, "nudger": pair.nudger, "on": described, "max_new_tokens": args.max_new_tokens,
               "calibration": calibration.to_dict(), "grid": result.to_dict() if result else None,
               "chosen": asdict(choice)}
     (out / "calibration.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
@@ -138,24 +137,24 @@ def main(args: argparse.Namespace, load) -> int:
 
 
 def _grid(args: argparse.Namespace, nudger, gammas: list[float], prefer: float, console) -> GridResult:
-    from nudging.cli import remote_options
     from nudging.evals import runner
-    from nudging.evals.cli_eval import parse_data, progress_bars
+    from nudging.evals.progress import progress_bars
 
+    options = model_options(args)
     request = runner.EvalRequest(
-        tasks=[args.task], methods=["nudging"], base=args.base, nudger=args.nudger, gamma=prefer,
-        lookahead=args.lookahead, max_new_tokens=args.max_new_tokens, limit=args.limit, seed=args.seed,
-        out=Path(args.out) / "grid", dtype=args.dtype, device=args.device, data=parse_data(args.data),
-        load_options=remote_options(args), concurrency=args.batch_size,
+        tasks=[args.task], methods=["nudging"], base=options.pop("base"), nudger=options.pop("nudger"),
+        gamma=prefer, lookahead=args.lookahead, max_new_tokens=args.max_new_tokens, limit=args.limit,
+        seed=args.seed, out=Path(args.out) / "grid", dtype=options.pop("dtype"), device=options.pop("device"),
+        data=parse_data(args.data), load_options=options, concurrency=args.batch_size,
     )
     with progress_bars(console) as (show, warn):
         return run_grid(nudger, request, gammas, prefer, on_progress=show, warn=warn, seed=args.seed)
 
 
-def _choice(args, calibration: analysis.Calibration, grid: GridResult | None, described: str) -> saved.SavedGamma:
+def _choice(pair, calibration: analysis.Calibration, grid: GridResult | None, described: str) -> saved.SavedGamma:
     if grid is not None:
-        return saved.SavedGamma(grid.gamma, "accuracy", grid.interval, described, args.base, args.nudger)
-    return saved.SavedGamma(calibration.gamma, "separation", calibration.interval, described, args.base, args.nudger)
+        return saved.SavedGamma(grid.gamma, "accuracy", grid.interval, described, pair.base, pair.nudger)
+    return saved.SavedGamma(calibration.gamma, "separation", calibration.interval, described, pair.base, pair.nudger)
 
 
 def _percent(value: float | None) -> str:

@@ -16,14 +16,22 @@ import math
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
-from nudging.backend import Model
+from nudging.backends.interface import Model
+from nudging.config import BATCH_SIZE, NudgingConfig
 from nudging.evals import store
 from nudging.pieces import IncrementalDetokenizer
 
-if TYPE_CHECKING:
-    from nudging.nudger import Nudger
+
+class Answering(Protocol):
+    """What calibration asks of a Nudger: its models, its prompts, and the nudger's answers in batches."""
+
+    base: Model
+    nudger: Model
+
+    def prompts_for(self, question: str, system: str | None = None) -> tuple[str, str]: ...
+    def generate_batch(self, questions: Sequence[str], **options: Any) -> list[Any]: ...
 
 GROUP = 64  # positions asked of the base at once (a local base holds their next-token logits together)
 
@@ -76,7 +84,7 @@ def read_positions(base: Model, base_prompt: str, answer: str, ended: bool) -> t
     targets = answer_targets(base, base_prompt, answer, ended)
     top1: list[float] = []
     agree: list[bool] = []
-    base.start_generation()
+    base.start_generation(None, NudgingConfig.max_new_tokens)
     for begin in range(0, len(targets), GROUP):
         group = targets[begin : begin + GROUP]
         for (_, choice), (_, piece) in zip(base.choices_at_prefixes([text for text, _ in group]), group):
@@ -88,7 +96,7 @@ def read_positions(base: Model, base_prompt: str, answer: str, ended: bool) -> t
     return top1, agree
 
 
-def record_key(nudger: "Nudger", prompts: tuple[str, str], max_new_tokens: int) -> str:
+def record_key(nudger: Answering, prompts: tuple[str, str], max_new_tokens: int) -> str:
     """What makes one prompt's measurement what it is (models, both prompts, budget)."""
     base_prompt, nudger_prompt = prompts
     names = [getattr(m, "remote_name", None) or getattr(getattr(m, "model", None), "name_or_path", "")
@@ -98,11 +106,11 @@ def record_key(nudger: "Nudger", prompts: tuple[str, str], max_new_tokens: int) 
 
 
 def measure(
-    nudger: "Nudger",
+    nudger: Answering,
     questions: Sequence[str],
     max_new_tokens: int,
     *,
-    batch_size: int = 16,
+    batch_size: int = BATCH_SIZE,
     path: Path | None = None,
     on_done: Callable[[int, int], None] | None = None,
 ) -> list[AnswerPositions]:

@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from nudging.errors import InvalidArgumentError
-from nudging.remote.spec import is_remote
+from nudging.backends.remote.spec import is_remote
 
 
 @dataclass

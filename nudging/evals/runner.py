@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import queue
 import sys
-import threading
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -22,9 +20,11 @@ from nudging.evals.examples import LETTERS, Example
 from nudging.evals.judge import Judge
 from nudging.evals.tasks import TASK_NAMES, Task, get_task, load_examples, select
 from nudging.evals.sources import DataUnavailableError
+from nudging.backends.remote.spec import is_remote
+from nudging.loading import LoadSpec
 from nudging.methods import METHODS, MODES
 from nudging.nudger import Nudger
-from nudging.remote.spec import is_remote
+from nudging.pool import LanePool
 
 RESULT_VERSION = 1  # bump when prompts or scoring change, so old results are not mixed with new ones
 ENDED_BY_ITSELF = ("eos", "nudger_eos", "stop")  # "stop": in-context alignment reached its next "# Query"
@@ -64,40 +64,49 @@ class RunSettings:
 
 @dataclass
 class EvalRequest:
+    """What to run. The model settings left None take their defaults from nudging.loading.LoadSpec."""
+
     tasks: list[str]
     methods: list[str]
-    base: str = "demo-base"
-    nudger: str = "demo-nudger"
-    gamma: float = 0.3
-    lookahead: int = 16
-    max_new_tokens: int = 512
+    base: str | None = None
+    nudger: str | None = None
+    gamma: float | None = None
+    lookahead: int | None = None
+    max_new_tokens: int | None = None
     limit: int | None = None
     seed: int = 0
     out: Path = Path("eval_results")
-    dtype: str = "auto"
-    device: str = "auto"
+    dtype: str | None = None
+    device: str | None = None
     data: dict[str, str] = field(default_factory=dict)
     judge: Judge | None = None
-    # Nudger.from_pretrained's options for remote models and the baselines (anti_expert, alpha, top_k)
+    # LoadSpec.build's options for remote models and the baselines (anti_expert, alpha, top_k, api_key, ...)
     load_options: dict[str, Any] = field(default_factory=dict)
     concurrency: int = 1  # items answered at once (local models: batched together; remote: one replica each)
 
+    def load_spec(self) -> LoadSpec:
+        return LoadSpec.build(self.base, self.nudger, gamma=self.gamma, lookahead=self.lookahead,
+                              max_new_tokens=self.max_new_tokens, dtype=self.dtype, device=self.device,
+                              methods=self.methods, **self.load_options)
+
     def settings(self, task: str, method: str) -> RunSettings:
+        spec = self.load_spec()
         roles = METHODS[method].roles
         uses_base, uses_nudger = "base" in roles, "nudger" in roles
-        option = self.load_options.get
+        nudging = method == "nudging"
         return RunSettings(
             task=task, method=method,
-            base=self.base if uses_base else None,
-            nudger=self.nudger if uses_nudger else None,
-            gamma=self.gamma if method == "nudging" else None,
-            lookahead=self.lookahead if method == "nudging" else None,
-            max_new_tokens=self.max_new_tokens, seed=self.seed, dtype=self.dtype, data=self.data.get(task),
-            base_protocol="chunked" if uses_base and is_remote(self.base)
-            and option("remote_protocol") == "chunked" else None,
-            anti_expert=option("anti_expert") if method == "proxy-tuning" else None,
-            alpha=float(option("alpha", 1.0)) if method == "proxy-tuning" else None,
-            top_k=option("top_k", 5) if method == "ensemble-text" else None,
+            base=spec.models.base if uses_base else None,
+            nudger=spec.models.nudger if uses_nudger else None,
+            gamma=spec.config.gamma if nudging else None,
+            lookahead=spec.config.lookahead if nudging else None,
+            max_new_tokens=spec.config.max_new_tokens, seed=self.seed, dtype=spec.local.dtype,
+            data=self.data.get(task),
+            base_protocol="chunked" if uses_base and is_remote(spec.models.base)
+            and spec.remote.remote_protocol == "chunked" else None,
+            anti_expert=spec.models.anti_expert if method == "proxy-tuning" else None,
+            alpha=float(spec.baselines.alpha) if method == "proxy-tuning" else None,
+            top_k=spec.baselines.top_k if method == "ensemble-text" else None,
         )
 
 
@@ -124,43 +133,30 @@ def check_request(request: EvalRequest) -> None:
     for task in request.data:
         if task not in TASK_NAMES:
             raise InvalidArgumentError(f"--data names unknown task {task!r}; tasks: {', '.join(TASK_NAMES)}")
+    request.load_spec()  # the model settings, checked before any item runs
 
 
 class LazyNudger:
-    """Loads the models on the first item that needs them, so a finished run resumes without loading."""
+    """Loads the models on the first item that needs them, so a finished run resumes without loading; then
+    answers on a pool of `concurrency` lanes."""
 
     def __init__(self, request: EvalRequest, loaded: Nudger | None = None) -> None:
         self.request = request
-        self._nudger: Nudger | None = None
         self._loaded = loaded  # models already loaded by the caller (e.g. calibrate's grid over gamma)
-        self._replicas: queue.Queue[Nudger] = queue.Queue()
-        self._loading = threading.Lock()
 
-    def get(self) -> Nudger:
-        with self._loading:
-            return self._load()
+    @cached_property
+    def pool(self) -> LanePool[Nudger]:
+        nudger = self._loaded or Nudger.from_pretrained(spec=self.request.load_spec())
+        return LanePool(nudger, self.request.concurrency)
 
-    def _load(self) -> Nudger:
-        if self._nudger is None:
-            self._nudger = self._loaded or Nudger.from_pretrained(
-                self.request.base, self.request.nudger, gamma=self.request.gamma, lookahead=self.request.lookahead,
-                max_new_tokens=self.request.max_new_tokens, dtype=self.request.dtype, device=self.request.device,
-                methods=self.request.methods, **self.request.load_options,
-            )
-            # several at once: lanes, whose local models run their passes together (remote ones: replicas)
-            lanes = self._nudger.lanes(self.request.concurrency) if self.request.concurrency > 1 else [self._nudger]
-            for lane in lanes:
-                self._replicas.put(lane)
-        return self._nudger
-
-    def answer(self, task: Task, example: Example, method: str) -> dict[str, Any]:
-        """answer_row on a free replica (one generation per replica at a time)."""
-        self.get()
-        replica = self._replicas.get()
-        try:
-            return answer_row(task, example, method, replica, self.request)
-        finally:
-            self._replicas.put(replica)
+    def answers(self, task: Task, examples: list[Example], method: str) -> Iterator[dict[str, Any]]:
+        """Rows in the order they finish, `concurrency` items at once. An error stops the rest (rows already
+        yielded are kept)."""
+        if not examples:
+            return
+        for _, row in self.pool.imap(examples, lambda lane, example: answer_row(task, example, method, lane,
+                                                                                  self.request)):
+            yield row
 
 
 def score(task: Task, example: Example, prediction: str, judge: Judge | None) -> dict[str, Any]:
@@ -259,7 +255,7 @@ def run(request: EvalRequest, on_progress: Progress | None = None, warn: Callabl
             if on_progress:
                 on_progress(label, done, len(chosen), correct)
             pending = [example for example in chosen if example.id not in finished]
-            for row in _answers(nudger, task, pending, method, request.concurrency):
+            for row in nudger.answers(task, pending, method):
                 store.append_row(path, row)
                 done += 1
                 correct += bool(row.get("correct"))
@@ -267,20 +263,3 @@ def run(request: EvalRequest, on_progress: Progress | None = None, warn: Callabl
                     on_progress(label, done, len(chosen), correct)
             paths.append(path)
     return paths
-
-
-def _answers(nudger: LazyNudger, task: Task, examples: list[Example], method: str, concurrency: int) -> Iterator[dict]:
-    """Rows in the order they finish; with concurrency > 1, that many items are answered at once. An error
-    stops the rest (rows already yielded are kept)."""
-    if concurrency == 1:
-        for example in examples:
-            yield nudger.answer(task, example, method)
-        return
-    with ThreadPoolExecutor(concurrency, thread_name_prefix="nudging-eval") as executor:
-        futures = [executor.submit(nudger.answer, task, example, method) for example in examples]
-        try:
-            for future in as_completed(futures):
-                yield future.result()
-        finally:
-            for future in futures:
-                future.cancel()

@@ -1,22 +1,26 @@
 """Completions with top-k log-probabilities (and the prompt's, with echo) from one model: what an API backend
-needs from a server (`--mode base|nudger`).
+needs from a server (`--mode base|nudger`). The model must give whole distributions (`full_distribution`).
 
-Token strings are pieces in context (what the token adds to the text before it), so a client can compare them
-with its own text; the top-1 string of a position is likewise the piece that token would add there.
+Token strings are pieces in context (what the token adds to the run's text), so a client can compare them with
+its own text; a top-k string of a position is likewise the piece that candidate would add there. Both come from
+the run's own detokenizer (nudging.pieces.IncrementalDetokenizer), as the engine's pieces do.
 """
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import torch
 
-from nudging.backend import LocalModel, Run
+from nudging.config import SamplingConfig
 from nudging.errors import ContextWindowFull
-from nudging.pieces import decode, text_after
+from nudging.pieces import IncrementalDetokenizer
+from nudging.serve.protocol import Logprobs
 
-WINDOW = 4  # tokens of context used to decode one piece
+if TYPE_CHECKING:
+    from nudging.backends.local import LocalModel
 
 
 @dataclass
@@ -50,14 +54,30 @@ class ScoredText:
         for name in ("tokens", "token_logprobs", "top_logprobs", "text_offset"):
             setattr(self, name, getattr(self, name)[:keep])
 
-    def to_openai(self) -> dict:
-        return {"tokens": self.tokens, "token_logprobs": self.token_logprobs, "top_logprobs": self.top_logprobs,
-                "text_offset": self.text_offset}
+    def to_openai(self) -> Logprobs:
+        return Logprobs(tokens=self.tokens, token_logprobs=self.token_logprobs, top_logprobs=self.top_logprobs,
+                        text_offset=self.text_offset)
 
 
-def _piece_after(model: LocalModel, ids: list[int], token: int) -> str:
-    context = ids[-WINDOW:]
-    return text_after(decode(model.tokenizer, context + [token]), decode(model.tokenizer, context))
+@contextmanager
+def generation(model: LocalModel, sampling: SamplingConfig, max_tokens: int) -> Iterator[LocalModel]:
+    """One generation on `model` with its own sampler (the model's shared settings stay as they are)."""
+    model.start_generation(sampling, max_tokens)
+    try:
+        yield model
+    finally:
+        model.finish()
+
+
+def _top_pieces(detokenizer: IncrementalDetokenizer, ids: list[int], logprobs: torch.Tensor,
+                top: int) -> dict[str, float]:
+    """The `top` most likely pieces after `ids` (a piece that several tokens write keeps its best logprob, as a
+    dict keyed by string must)."""
+    values, best = torch.topk(logprobs, top)
+    pieces: dict[str, float] = {}
+    for value, candidate in zip(values.tolist(), best.tolist()):
+        pieces.setdefault(detokenizer.peek(ids, candidate), value)
+    return pieces
 
 
 def _prompt_pieces(model: LocalModel, prompt: str, count: int) -> list[str]:
@@ -75,63 +95,54 @@ def _prompt_pieces(model: LocalModel, prompt: str, count: int) -> list[str]:
     return pieces
 
 
-def _scored(model: LocalModel, ids: list[int], row: torch.Tensor, token: int, text: str, top: int) -> ScoredToken:
-    """A token with its logprob and the `top` most likely pieces at its position (a piece that several tokens
-    write keeps its best logprob, as a dict keyed by string must)."""
-    values, best = torch.topk(row, top)
-    pieces: dict[str, float] = {}
-    for value, candidate in zip(values.tolist(), best.tolist()):
-        pieces.setdefault(_piece_after(model, ids, candidate), value)
-    return ScoredToken(text, float(row[token]), pieces)
-
-
 def prompt_tokens(model: LocalModel, prompt: str, top: int = 1) -> list[ScoredToken]:
     """The prompt's tokens, each with its log-probability given the tokens before it (the first has none)."""
     ids = model.tokenize(prompt)
-    logprobs = torch.log_softmax(model.logits_from(ids, 0), dim=-1)
-    scored = []
-    for position, (token, piece) in enumerate(zip(ids, _prompt_pieces(model, prompt, len(ids)))):
-        if position == 0:
-            scored.append(ScoredToken(piece, None, None))
-        else:
-            scored.append(_scored(model, ids[:position], logprobs[position - 1], token, piece, top))
+    logprobs = torch.log_softmax(model.logits_from(ids, 0), dim=-1)  # one pass for every position
+    pieces = _prompt_pieces(model, prompt, len(ids))
+    scored = [ScoredToken(pieces[0], None, None)]
+    detokenizer = IncrementalDetokenizer(model.tokenizer, ids[:1])
+    for position in range(1, len(ids)):
+        row = logprobs[position - 1]
+        top_pieces = _top_pieces(detokenizer, ids[:position], row, top)
+        scored.append(ScoredToken(pieces[position], float(row[ids[position]]), top_pieces))
+        detokenizer.push(ids[: position + 1])
     return scored
 
 
-def generated_tokens(
-    model: LocalModel, prompt: str, max_tokens: int, ending: dict[str, str], top: int = 1
-) -> Iterator[ScoredToken]:
-    """Decode with the model's sampling settings, one scored token at a time; sets ending["finish_reason"]
+def generated_tokens(model: LocalModel, prompt: str, max_tokens: int, ending: dict[str, str],
+                     top: int = 1) -> Iterator[ScoredToken]:
+    """Decode in the generation started on `model`, one scored token at a time; sets ending["finish_reason"]
     to "stop" at EOS, else "length" (the budget or the context window is used up)."""
     ending["finish_reason"] = "length"
-    run = Run(model, model.tokenize(prompt))
+    run = model.start_run(prompt)
     try:
         for _ in range(max_tokens):
-            logits = model.logits_from(run.ids, len(run.ids) - 1)[0]
+            logits = run.next_logits()
             choice = model.choose(logits, run.ids, run.detokenizer)
             if choice.is_eos:
                 ending["finish_reason"] = "stop"
                 return
-            ids = list(run.ids)
-            piece = run.append(choice.token)
-            yield _scored(model, ids, torch.log_softmax(logits, dim=-1), choice.token, piece, top)
+            logprobs = torch.log_softmax(logits, dim=-1)
+            top_pieces = _top_pieces(run.detokenizer, run.ids, logprobs, top)
+            yield ScoredToken(run.append(choice), float(logprobs[choice.token]), top_pieces)
     except ContextWindowFull:
         return
 
 
-def score_completion(
-    model: LocalModel, prompt: str, max_tokens: int, echo: bool, stops: list[str], top: int = 1
-) -> ScoredText:
+def score_completion(model: LocalModel, prompt: str, sampling: SamplingConfig, max_tokens: int, echo: bool,
+                     stops: list[str], top: int = 1) -> ScoredText:
     """A whole completion with its logprobs (and the prompt's, with echo), cut at the first stop string."""
     scored = ScoredText()
-    if echo:
-        for token in prompt_tokens(model, prompt, top):
+    with generation(model, sampling, max_tokens):
+        if echo:
+            for token in prompt_tokens(model, prompt, top):
+                scored.add(token)
+        start = len(scored.text)
+        ending: dict[str, str] = {}
+        for token in generated_tokens(model, prompt, max_tokens, ending, top):
             scored.add(token)
-    start = len(scored.text)
-    ending: dict[str, str] = {}
-    for token in generated_tokens(model, prompt, max_tokens, ending, top):
-        scored.add(token)
-        scored.completion_tokens += 1
+            scored.completion_tokens += 1
     scored.finish_reason = ending["finish_reason"]
     found = [i for i in (scored.text.find(s, start) for s in stops) if i >= 0]
     if found:

@@ -1,35 +1,80 @@
-"""The OpenAI-compatible request and response shapes, and the one place errors get their status and body."""
+"""The OpenAI-compatible request and response shapes of `nudging serve`.
+
+Request fields are checked by the config dataclasses the engine itself uses (nudging.config), so a range lives in
+one place; a field left out (None) takes the server's default. Response fields that OpenAI's responses only carry
+sometimes (usage on a chunk, nudging details, a request id) are left out of the JSON when they are None.
+"""
 
 from __future__ import annotations
 
 import time
 import uuid
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic_core import PydanticCustomError
 
-from nudging.config import MAX_TOP_K
+from nudging.config import MAX_TOP_K, NudgingConfig, SamplingConfig
+from nudging.errors import InvalidArgumentError
+
+MAX_TEMPERATURE = 2.0  # OpenAI's API takes temperatures up to 2
 
 
+def _omitted_if_none(**kwargs: Any) -> Any:
+    return Field(default=None, exclude_if=lambda value: value is None, **kwargs)
+
+
+def _check(build: Callable[..., object], **values: object) -> None:
+    """Build a config dataclass from `values`: its own validation decides what is in range."""
+    try:
+        build(**values)
+    except InvalidArgumentError as error:
+        raise PydanticCustomError("invalid_value", "{reason}", {"reason": str(error)}) from None
+
+
+# --- requests ------------------------------------------------------------------------------------------------
 class NudgingFields(BaseModel):
     """Per-request nudging settings, sent as extra body fields (OpenAI clients: `extra_body=`)."""
 
-    gamma: float | None = Field(default=None, gt=0, lt=1)
-    lookahead: int | None = Field(default=None, ge=1, le=256)
+    gamma: float | None = Field(default=None, description="strictly between 0 and 1; default: the server's")
+    lookahead: int | None = Field(default=None, description="nudger tokens per round; default: the server's")
     nudging: bool = True  # false: the base model alone
+
+    @field_validator("gamma", "lookahead")
+    @classmethod
+    def _nudging_setting(cls, value: float | int | None, info: ValidationInfo) -> float | int | None:
+        if value is not None:
+            _check(NudgingConfig, **{info.field_name: value})
+        return value
 
 
 class SamplingFields(BaseModel):
     model: str | None = None
-    max_tokens: int | None = Field(default=None, ge=1)
-    temperature: float = Field(default=0.0, ge=0, le=2)
-    top_p: float = Field(default=1.0, gt=0, le=1)
+    max_tokens: int | None = Field(default=None, description="answer budget; default: the server's")
+    temperature: float | None = Field(default=None, description=f"0 (greedy, the default) to {MAX_TEMPERATURE:g}")
+    top_p: float | None = Field(default=None, description="in (0, 1]; default 1")
     seed: int | None = None
     n: int = Field(default=1, ge=1, le=1)
     stream: bool = False
     stream_options: dict[str, Any] | None = None
     stop: str | list[str] | None = Field(default=None, validate_default=True)
     user: str | None = None
+
+    @field_validator("max_tokens")
+    @classmethod
+    def _budget(cls, value: int | None) -> int | None:
+        if value is not None:
+            _check(NudgingConfig, max_new_tokens=value)
+        return value
+
+    @field_validator("temperature", "top_p")
+    @classmethod
+    def _sampling_setting(cls, value: float | None, info: ValidationInfo) -> float | None:
+        if value is not None:
+            _check(SamplingConfig, **{info.field_name: value})
+            if info.field_name == "temperature" and value > MAX_TEMPERATURE:
+                raise PydanticCustomError("invalid_value", f"temperature may be at most {MAX_TEMPERATURE:g}")
+        return value
 
     @field_validator("stop")
     @classmethod
@@ -42,6 +87,11 @@ class SamplingFields(BaseModel):
     @property
     def include_usage(self) -> bool:
         return bool((self.stream_options or {}).get("include_usage"))
+
+    def sampling(self) -> SamplingConfig:
+        """This request's sampling settings; those it leaves out keep SamplingConfig's defaults."""
+        given = {"temperature": self.temperature, "top_p": self.top_p, "seed": self.seed}
+        return SamplingConfig(**{name: value for name, value in given.items() if value is not None})
 
 
 class CompletionRequest(SamplingFields, NudgingFields):
@@ -76,7 +126,14 @@ class ChatCompletionRequest(SamplingFields, NudgingFields):
     model_config = ConfigDict(extra="ignore")
 
     messages: list[ChatMessage] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = None
+
+    @field_validator("max_completion_tokens")
+    @classmethod
+    def _completion_budget(cls, value: int | None) -> int | None:
+        if value is not None:
+            _check(NudgingConfig, max_new_tokens=value)
+        return value
 
     @field_validator("messages")
     @classmethod
@@ -84,33 +141,6 @@ class ChatCompletionRequest(SamplingFields, NudgingFields):
         if value[-1].role != "user":
             raise ValueError("the last message must come from the user")
         return value
-
-
-# --- errors --------------------------------------------------------------------------------------------------
-class APIError(Exception):
-    """An error a client sees: HTTP status and OpenAI's error body."""
-
-    def __init__(self, status: int, message: str, type_: str = "invalid_request_error", param: str | None = None,
-                 code: str | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.body = {"error": {"message": message, "type": type_, "param": param, "code": code}}
-
-
-def validation_error(errors: list[dict[str, Any]]) -> APIError:
-    first = errors[0]
-    location = ".".join(str(part) for part in first.get("loc", ()) if part != "body")
-    message = f"{location}: {first.get('msg', 'invalid value')}" if location else first.get("msg", "invalid request")
-    return APIError(422, message, param=location or None, code="invalid_value")
-
-
-# --- responses -----------------------------------------------------------------------------------------------
-def new_id(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:24]}"
-
-
-def now() -> int:
-    return int(time.time())
 
 
 class TokenizeRequest(BaseModel):
@@ -121,3 +151,160 @@ class TokenizeRequest(BaseModel):
     model: str | None = None
     prompt: str
     add_special_tokens: bool = True
+
+
+# --- responses -----------------------------------------------------------------------------------------------
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+    @classmethod
+    def of(cls, prompt_tokens: int, completion_tokens: int) -> "Usage":
+        return cls(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
+                   total_tokens=prompt_tokens + completion_tokens)
+
+
+class SpanInfo(BaseModel):
+    text: str
+    source: str
+
+
+class NudgingInfo(BaseModel):
+    """The end of an answer: its spans by source, the engine's stop reason and the generation's stats."""
+
+    spans: list[SpanInfo]
+    stop_reason: str
+    stats: dict[str, Any]
+
+
+class PieceInfo(BaseModel):
+    """Which model wrote the piece of a stream chunk."""
+
+    source: str
+
+
+class Logprobs(BaseModel):
+    tokens: list[str]
+    token_logprobs: list[float | None]
+    top_logprobs: list[dict[str, float] | None]
+    text_offset: list[int]
+
+
+class CompletionChoice(BaseModel):
+    index: int = 0
+    text: str
+    finish_reason: str | None
+    logprobs: Logprobs | None = None
+
+
+class _Frame(BaseModel):
+    """The fields every response and chunk of one request share."""
+
+    id: str
+    created: int
+    model: str
+
+
+class CompletionResponse(_Frame):
+    object: Literal["text_completion"] = "text_completion"
+    choices: list[CompletionChoice]
+    usage: Usage
+    nudging: NudgingInfo | None = _omitted_if_none()
+
+
+class CompletionChunk(_Frame):
+    object: Literal["text_completion"] = "text_completion"
+    choices: list[CompletionChoice]
+    usage: Usage | None = _omitted_if_none()
+    nudging: NudgingInfo | PieceInfo | None = _omitted_if_none()
+
+
+class AssistantMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class ChatChoice(BaseModel):
+    index: int = 0
+    message: AssistantMessage
+    finish_reason: str | None
+    logprobs: None = None
+
+
+class ChatCompletionResponse(_Frame):
+    object: Literal["chat.completion"] = "chat.completion"
+    choices: list[ChatChoice]
+    usage: Usage
+    nudging: NudgingInfo | None = _omitted_if_none()
+
+
+class Delta(BaseModel):
+    role: Literal["assistant"] | None = _omitted_if_none()
+    content: str | None = _omitted_if_none()
+
+
+class ChatChunkChoice(BaseModel):
+    index: int = 0
+    delta: Delta
+    finish_reason: str | None
+    logprobs: None = None
+
+
+class ChatCompletionChunk(_Frame):
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    choices: list[ChatChunkChoice]
+    usage: Usage | None = _omitted_if_none()
+    nudging: NudgingInfo | PieceInfo | None = _omitted_if_none()
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "nudging"
+    max_model_len: int | None
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+class TokenizeResponse(BaseModel):
+    tokens: list[int]
+    count: int
+    max_model_len: int | None
+
+
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"
+    model: str
+    mode: str
+    running: int
+    waiting: int
+    stopped_by_disconnect: int  # generations stopped because their client went away
+    gamma: float
+    lookahead: int
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+    request_id: str | None = _omitted_if_none(description="on a server error: where to find it in the server's log")
+
+
+class ErrorBody(BaseModel):
+    """OpenAI's error body."""
+
+    error: ErrorDetail
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:24]}"
+
+
+def now() -> int:
+    return int(time.time())

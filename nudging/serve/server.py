@@ -8,8 +8,8 @@ import sys
 
 from nudging.errors import NudgingError
 from nudging.nudger import Nudger
-from nudging.serve.app import ServerSettings, create_app
-from nudging.serve.service import Service
+from nudging.serve.app import create_app
+from nudging.serve.serving import ServerSettings, Service
 
 
 def check_port_free(host: str, port: int) -> None:

@@ -22,16 +22,16 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any, Iterator, Literal, Sequence
 
-from nudging.backend import Choice, TokenizedModel, best_strings
-from nudging.config import SamplingConfig
-from nudging.engine import STAGE_CHUNK
+from nudging.backends.interface import Choice, TokenizedModel, best_strings
+from nudging.config import NudgingConfig, SamplingConfig
+from nudging.trace import AUTHORS_CHUNK
 from nudging.errors import ContextWindowFull, RemoteError
-from nudging.remote.client import CompletionClient, StreamBroken
+from nudging.backends.remote.client import CompletionClient, StreamBroken
 
 Protocol = Literal["auto", "echo", "per-word", "chunked"]
 PROTOCOLS = ("auto", "echo", "per-word", "chunked")
 PROBE_PROMPT = "The capital of France is"
-EOS_CHOICE = Choice(-1, math.nan, "", True)
+EOS_CHOICE = Choice(None, math.nan, "", True)
 
 
 @dataclass
@@ -98,6 +98,8 @@ def tokens_of(text: str, logprobs: dict[str, Any] | None) -> list[_Token]:
 class RemoteModel(TokenizedModel):
     """A model on a server, driven through runs like a LocalModel."""
 
+    full_distribution = False  # a server returns top-k logprobs only
+
     def __init__(
         self,
         client: CompletionClient,
@@ -108,7 +110,6 @@ class RemoteModel(TokenizedModel):
         name: str = "model",
         sampling: SamplingConfig | None = None,
         protocol: Protocol = "auto",
-        stage_tokens: int = 512,
         extra_body: dict[str, Any] | None = None,
     ) -> None:
         self.client = client
@@ -118,7 +119,9 @@ class RemoteModel(TokenizedModel):
         self.name = name
         self.sampling = sampling or SamplingConfig()
         self.protocol = protocol
-        self.stage_tokens = stage_tokens  # max_tokens of a streamed base stage; the engine cuts it far earlier
+        # this generation's: how to sample, and max_tokens of a streamed stage (the engine cuts it far earlier)
+        self.generation_sampling = self.sampling
+        self.stage_tokens = NudgingConfig.max_new_tokens
         self.extra_body = dict(extra_body or {})
         self.context_length = capabilities.context_length
         self.counters = RemoteCounters()
@@ -131,15 +134,18 @@ class RemoteModel(TokenizedModel):
         tokenizer is shared (only read, as on lanes)."""
         return RemoteModel(
             self.client, self.remote_name, self.tokenizer, self.capabilities, name=self.name,
-            sampling=self.sampling, protocol=self.protocol, stage_tokens=self.stage_tokens, extra_body=self.extra_body,
+            sampling=self.sampling, protocol=self.protocol, extra_body=self.extra_body,
         )
 
     @property
     def stage_protocol(self) -> str:
         return "chunked" if self.protocol == "chunked" or not self.capabilities.stream_logprobs else "stream"
 
-    def start_generation(self) -> None:
-        """Nothing to reset: sampling happens on the server (its `seed` makes it reproducible)."""
+    def start_generation(self, sampling: SamplingConfig | None, max_tokens: int) -> None:
+        """Sampling happens on the server (its `seed` makes it reproducible): this generation's settings go with
+        each request, and a request asks for at most the answer budget."""
+        self.generation_sampling = sampling or self.sampling
+        self.stage_tokens = max_tokens
 
     def finish(self) -> None:
         """Close the stream still open at the end of a generation."""
@@ -153,12 +159,13 @@ class RemoteModel(TokenizedModel):
 
     # --- requests -------------------------------------------------------------------------------------------
     def body(self, prompt: str, max_tokens: int, **fields: Any) -> dict[str, Any]:
+        sampling = self.generation_sampling
         body: dict[str, Any] = {"model": self.remote_name, "prompt": prompt, "max_tokens": max_tokens,
-                                "temperature": self.sampling.temperature, **self.extra_body, **fields}
-        if self.sampling.top_p < 1.0:
-            body["top_p"] = self.sampling.top_p
-        if self.sampling.seed is not None:
-            body["seed"] = self.sampling.seed
+                                "temperature": sampling.temperature, **self.extra_body, **fields}
+        if sampling.top_p < 1.0:
+            body["top_p"] = sampling.top_p
+        if sampling.seed is not None:
+            body["seed"] = sampling.seed
         return body
 
     def _count(self, body: dict[str, Any]) -> None:
@@ -193,71 +200,76 @@ class RemoteModel(TokenizedModel):
         self.counters.tokens_received += self.count_tokens(out) if out else 0
         return out, choice.get("finish_reason") == "stop"
 
+    def plain_decode(self, text: str, max_tokens: int) -> int:
+        """One completion request: what serving the base without nudging costs."""
+        answer, _ = self.greedy(text, max_tokens)
+        return self.count_tokens(answer)
+
     def choices_at_prefixes(
         self, texts: Sequence[str], draft: str | None = None
     ) -> Iterator[tuple["RemoteRun", Choice]]:
         """The base's next token after each text, in order; the engine stops asking at the first takeover,
         whose run continues as the base stage. (The draft is for local models: a server streams the stage.)"""
         known: list[Choice | None] = [None] * len(texts)
-        if self._may_echo(texts):
+        if _may_echo(self, texts):
             token_ids = [self.tokenize(text) for text in texts]
-            if self._echo_pays(token_ids):
-                known = self._echo_choices(texts, token_ids)
+            if _echo_pays(self, token_ids):
+                known = _echo_choices(self, texts, token_ids)
         for text, choice in zip(texts, known):
             run = RemoteRun(self, text, probabilities=True, expected=choice)
             yield run, choice if choice is not None else run.next_choice()
 
-    # --- echo: several word boundaries in one request -------------------------------------------------------
-    def _may_echo(self, texts: Sequence[str]) -> bool:
-        return len(texts) >= 2 and self.capabilities.echo_layout is not None and self.protocol in ("auto", "echo")
+# --- echo: several word boundaries in one request -----------------------------------------------------------
+def _may_echo(model: RemoteModel, texts: Sequence[str]) -> bool:
+    return len(texts) >= 2 and model.capabilities.echo_layout is not None and model.protocol in ("auto", "echo")
 
-    def _echo_pays(self, token_ids: list[list[int]]) -> bool:
-        if self.protocol == "echo":
-            return True
-        # auto: the cheaper by the probe's timings. Per word, the check that takes over is also the stage.
-        caps = self.capabilities
-        echo = 2 * caps.request_seconds + len(token_ids[-1]) * caps.echo_seconds_per_token
-        per_word = caps.request_seconds * (len(token_ids) + 1) / 2
-        return echo < per_word
+def _echo_pays(model: RemoteModel, token_ids: list[list[int]]) -> bool:
+    if model.protocol == "echo":
+        return True
+    # auto: the cheaper by the probe's timings. Per word, the check that takes over is also the stage.
+    caps = model.capabilities
+    echo = 2 * caps.request_seconds + len(token_ids[-1]) * caps.echo_seconds_per_token
+    per_word = caps.request_seconds * (len(token_ids) + 1) / 2
+    return echo < per_word
 
-    def _echo_choices(self, texts: Sequence[str], token_ids: list[list[int]]) -> list[Choice | None]:
-        """Choices read from one echoed request; None where a text must be checked with its own request."""
-        longest = token_ids[-1]
-        aligned = [len(ids) <= len(longest) and longest[: len(ids)] == ids for ids in token_ids]
-        payload = self.complete(self.body(texts[-1], 1, echo=True, logprobs=1, temperature=0.0))
-        choice = payload["choices"][0]
-        rows = _echo_rows(choice.get("logprobs"))
-        if rows is None or not self._echo_matches(rows[0], len(longest), texts[-1]):
-            return [None] * len(texts)
-        tops = rows[1]
-        results: list[Choice | None] = []
-        for ids, ok in zip(token_ids, aligned):
-            index = len(ids) if self.capabilities.echo_layout == "aligned" else len(ids) - 1
-            if not ok:
+def _echo_choices(model: RemoteModel, texts: Sequence[str], token_ids: list[list[int]]) -> list[Choice | None]:
+    """Choices read from one echoed request; None where a text must be checked with its own request."""
+    longest = token_ids[-1]
+    aligned = [len(ids) <= len(longest) and longest[: len(ids)] == ids for ids in token_ids]
+    payload = model.complete(model.body(texts[-1], 1, echo=True, logprobs=1, temperature=0.0))
+    choice = payload["choices"][0]
+    rows = _echo_rows(choice.get("logprobs"))
+    if rows is None or not _echo_matches(model, rows[0], len(longest), texts[-1]):
+        return [None] * len(texts)
+    tops = rows[1]
+    results: list[Choice | None] = []
+    for ids, ok in zip(token_ids, aligned):
+        index = len(ids) if model.capabilities.echo_layout == "aligned" else len(ids) - 1
+        if not ok:
+            results.append(None)
+        elif index >= len(tops) or tops[index] is None:
+            # After the whole prompt with nothing generated: the top-1 there was EOS.
+            generated = (choice.get("text") or "")[len(texts[-1]):]
+            ended = index == len(longest) and choice.get("finish_reason") == "stop" and not generated
+            results.append(EOS_CHOICE if ended else None)
+        else:
+            piece, logprob = max(tops[index].items(), key=lambda item: item[1])
+            if piece == "":  # EOS or a partial character: ask directly
                 results.append(None)
-            elif index >= len(tops) or tops[index] is None:
-                # After the whole prompt with nothing generated: the top-1 there was EOS.
-                generated = (choice.get("text") or "")[len(texts[-1]):]
-                ended = index == len(longest) and choice.get("finish_reason") == "stop" and not generated
-                results.append(EOS_CHOICE if ended else None)
+            elif piece in model.eos_strings:
+                results.append(Choice(None, math.exp(logprob), "", True))
             else:
-                piece, logprob = max(tops[index].items(), key=lambda item: item[1])
-                if piece == "":  # EOS or a partial character: ask directly
-                    results.append(None)
-                elif piece in self.eos_strings:
-                    results.append(Choice(-1, math.exp(logprob), "", True))
-                else:
-                    results.append(Choice(0, math.exp(logprob), piece, False))
-        return results
+                results.append(Choice(None, math.exp(logprob), piece, False))
+    return results
 
-    def _echo_matches(self, strings: list[str], count: int, text: str) -> bool:
-        """Did the server tokenize the prompt as the local tokenizer did (same count, same text)?"""
-        if len(strings) < count:
-            return False
-        joined = "".join(strings[:count])
-        if joined == text:
-            return True
-        return any(joined.startswith(s) and joined[len(s):] == text for s in self._special_strings)
+def _echo_matches(model: RemoteModel, strings: list[str], count: int, text: str) -> bool:
+    """Did the server tokenize the prompt as the local tokenizer did (same count, same text)?"""
+    if len(strings) < count:
+        return False
+    joined = "".join(strings[:count])
+    if joined == text:
+        return True
+    return any(joined.startswith(s) and joined[len(s):] == text for s in model._special_strings)
 
 
 def _echo_rows(logprobs: dict[str, Any] | None) -> tuple[list[str], list[dict[str, float] | None]] | None:
@@ -303,9 +315,9 @@ class RemoteRun:
             eos = self.model.eos_strings
             alternatives = best_strings(
                 ((s, math.exp(v)) for s, v in (token.top or {}).items() if v is not None and s not in eos), self.top_k)
-        return Choice(self._appended, token.top1_prob, token.piece, False, alternatives)
+        return Choice(None, token.top1_prob, token.piece, False, alternatives)
 
-    def append(self, token: int) -> str:
+    def append(self, choice: Choice) -> str:
         """Extend the run by its next token (the one next_choice returned); returns its piece."""
         next_token = self._peek()
         if next_token is None:
@@ -373,7 +385,7 @@ class RemoteRun:
             except StreamBroken as error:
                 failures = 1 if self._read > read_at_break else failures + 1
                 read_at_break = self._read
-                if not model.sampling.greedy or failures > model.client.settings.retries:
+                if not model.generation_sampling.greedy or failures > model.client.settings.retries:
                     raise RemoteError(f"{model.client.base_url}: a stream broke off ({error})") from None
                 model.counters.resumed_streams += 1
                 model.client.count_retry()
@@ -386,7 +398,7 @@ class RemoteRun:
     def _fetch_chunk(self, prompt: str) -> Iterator[dict[str, Any]]:
         model = self.model
         model.counters.chunked_requests += 1
-        payload = model.complete(model.body(prompt, STAGE_CHUNK, logprobs=max(1, self.top_k)))
+        payload = model.complete(model.body(prompt, AUTHORS_CHUNK, logprobs=max(1, self.top_k)))
         choice = payload["choices"][0]
         yield {"tokens": tokens_of(choice.get("text") or "", choice.get("logprobs")),
                "finish_reason": choice.get("finish_reason") or "length"}

@@ -16,9 +16,9 @@ from typing import Any
 
 from nudging.config import SamplingConfig
 from nudging.errors import RemoteError
-from nudging.remote.client import ClientSettings, CompletionClient, StreamBroken
-from nudging.remote.model import PROBE_PROMPT, PROTOCOLS, Capabilities, Protocol, RemoteModel, tokens_of
-from nudging.remote.spec import api_key_from_env, parse
+from nudging.backends.remote.client import ClientSettings, CompletionClient, StreamBroken
+from nudging.backends.remote.model import PROBE_PROMPT, PROTOCOLS, Capabilities, Protocol, RemoteModel, tokens_of
+from nudging.backends.remote.spec import api_key_from_env, parse
 
 LLAMA_CPP_OWNER = "me"  # llama-cpp-python's /v1/models says owned_by "me"
 

@@ -16,11 +16,12 @@ import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import torch
 
-from nudging.backend import LocalModel
+from nudging.backends.interface import Model
+from nudging.backends.local import LocalModel
 
 INITIAL_CAPACITY = 1024  # cached positions per model before the first growth
 PASS_TOKENS = 2048  # new tokens per packed pass at most (the masks are queries x keys): more make several passes
@@ -340,5 +341,22 @@ class Lane(LocalModel):
         self.batch = batch
         self.lane = packed.new_lane()
 
+    def replica(self) -> "Lane":
+        """Another lane of the same batch."""
+        return Lane(self.packed, self.batch, self.tokenizer, name=self.name, sampling=self.sampling)
+
     def _forward(self, ids: Sequence[int], keep: int, logits: int) -> torch.Tensor:
         return self.batch.run(self.packed, PassRequest(self.lane, keep, list(ids[keep:]), logits))
+
+
+def make_lanes(models: Mapping[str, Model], count: int) -> tuple[Batch | None, list[dict[str, Model]]]:
+    """`count` sets of the same models whose local models run their forward passes together (one Batch, one
+    PackedModel per local model); a model on a server gets a replica per set (its server batches on its side).
+    Returns the batch (None when no model is local) and the sets."""
+    packed = {role: PackedModel(model.model) for role, model in models.items() if isinstance(model, LocalModel)}
+    batch = Batch(models=len(packed))
+    sets = []
+    for _ in range(count):
+        sets.append({role: Lane(packed[role], batch, model.tokenizer, name=model.name, sampling=model.sampling)
+                     if role in packed else model.replica() for role, model in models.items()})
+    return (batch if packed else None), sets

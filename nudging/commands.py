@@ -1,0 +1,151 @@
+"""What every subcommand shares: the model options on the command line, and turning them into a LoadSpec and a
+loaded Nudger. Subcommands import this module, never `nudging.cli` (which imports them).
+
+Flags default to None, meaning "the default of the dataclass that owns the setting" (nudging.config,
+nudging.loading), so each default is written once; help texts read it from there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from nudging import models
+from nudging.backends.remote.client import ClientSettings
+from nudging.backends.remote.model import PROTOCOLS
+from nudging.config import MAX_LOOKAHEAD, MAX_TOP_K, BaselineConfig, NudgingConfig, SamplingConfig
+from nudging.errors import InvalidArgumentError
+from nudging.loading import AUTO, LoadSpec, ModelSpecs, announce_auto_gamma
+from nudging.methods import MODES, fitting
+from nudging.nudger import Nudger
+
+
+def add_model_options(parser: argparse.ArgumentParser, sampling: bool = True, key_flag: str = "--api-key") -> None:
+    group = parser.add_argument_group("models")
+    group.add_argument("--base", default=None, help="base model: hub id, folder, .gguf file, demo-base, or "
+                                                    f"openai:MODEL@http://HOST:PORT/v1 (default {ModelSpecs.base})")
+    group.add_argument("--nudger", default=None, help="aligned nudger: hub id, folder, .gguf, demo-nudger, or "
+                                                      f"openai:MODEL@URL (default {ModelSpecs.nudger})")
+    group.add_argument("--dtype", default=None, choices=models.DTYPES, help="default auto")
+    group.add_argument("--device", default=None, choices=models.DEVICES, help="default auto")
+    group = parser.add_argument_group("remote models (openai:MODEL@URL)")
+    group.add_argument(key_flag, dest="remote_api_key", default=None,
+                       help="key for the model servers (default: $NUDGING_API_KEY, then $OPENAI_API_KEY)")
+    group.add_argument("--base-tokenizer", default=None, help="where to load a remote base's tokenizer (default: MODEL)")
+    group.add_argument("--nudger-tokenizer", default=None, help="where to load a remote nudger's tokenizer and chat "
+                                                                "template (default: MODEL)")
+    group.add_argument("--remote-protocol", default=None, choices=PROTOCOLS,
+                       help="how a remote base checks word boundaries: auto (the cheaper of echo and per-word, "
+                            "measured; the default), echo, per-word, or chunked (the authors' 16-token requests)")
+    group.add_argument("--timeout", type=float, default=None,
+                       help=f"seconds to wait for a model server (default {ClientSettings.timeout:g})")
+    group.add_argument("--retries", type=int, default=None, help="retries on connection errors, timeouts, 429 and "
+                                                                 f"5xx (default {ClientSettings.retries})")
+    group = parser.add_argument_group("nudging")
+    group.add_argument("--gamma", type=gamma_value, default=None,
+                       help=f"nudge where the base's top-1 probability < gamma (default {NudgingConfig.gamma}); "
+                            "auto: the value `nudging calibrate` stored for this pair, else one calibrated now on "
+                            "built-in prompts")
+    group.add_argument("--calibration", default=None, metavar="FILE",
+                       help="where calibrated gammas are stored (default: $NUDGING_CALIBRATION, else "
+                            "~/.config/nudging/calibration.json)")
+    group.add_argument("--lookahead", type=int, default=None, help="tokens the nudger writes per round (default "
+                                                                   f"{NudgingConfig.lookahead}, at most {MAX_LOOKAHEAD})")
+    group = parser.add_argument_group("baselines (proxy-tuning, ensemble-text)")
+    group.add_argument("--anti-expert", default=None,
+                       help="proxy tuning's anti-expert: the nudger's untuned base, with the same vocabulary")
+    group.add_argument("--alpha", type=float, default=None, help="proxy tuning: base + alpha * (expert - "
+                                                                 f"anti-expert) (default {BaselineConfig.alpha:g})")
+    group.add_argument("--ensemble-top-k", type=int, default=None, help="ensemble-text: candidate strings per "
+                       f"model at a disagreement (1-{MAX_TOP_K}, default {BaselineConfig.top_k})")
+    if not sampling:
+        return
+    group.add_argument("--system", default=None, help="system text for both prompts")
+    group = parser.add_argument_group("sampling (default: greedy)")
+    group.add_argument("--base-temperature", type=float, default=None)
+    group.add_argument("--nudger-temperature", type=float, default=None)
+    group.add_argument("--top-p", type=float, default=None)
+    group.add_argument("--seed", type=int, default=None)
+
+
+def gamma_value(text: str) -> float | str:
+    if text == AUTO:
+        return text
+    try:
+        return float(text)  # the range is checked with the other settings (one line, exit code 2)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number in (0, 1) or auto, got {text!r}") from None
+
+
+def model_options(args: argparse.Namespace) -> dict[str, Any]:
+    """LoadSpec.build's keywords for the models, remote servers and baselines, from the command line (None:
+    the default)."""
+    client = {"timeout": args.timeout, "retries": args.retries}
+    return {
+        "base": args.base, "nudger": args.nudger, "anti_expert": args.anti_expert, "dtype": args.dtype,
+        "device": args.device, "api_key": args.remote_api_key, "base_tokenizer": args.base_tokenizer,
+        "nudger_tokenizer": args.nudger_tokenizer, "remote_protocol": args.remote_protocol,
+        "client_settings": ClientSettings(**{k: v for k, v in client.items() if v is not None}),
+        "alpha": args.alpha, "top_k": args.ensemble_top_k,
+    }
+
+
+def _sampling(args: argparse.Namespace, temperature: str) -> SamplingConfig | None:
+    given = {"temperature": getattr(args, temperature, None), "top_p": getattr(args, "top_p", None),
+             "seed": getattr(args, "seed", None)}
+    given = {key: value for key, value in given.items() if value is not None}
+    return SamplingConfig(**given) if given else None  # none given: greedy, the model's default
+
+
+def load_spec(args: argparse.Namespace, max_new_tokens: int | None = None, mode: str | None = None,
+              methods: list[str] | None = None) -> LoadSpec:
+    """The LoadSpec of a command line: checked (ranges, methods) before any model loads."""
+    return LoadSpec.build(
+        **model_options(args), gamma=args.gamma, lookahead=args.lookahead, max_new_tokens=max_new_tokens,
+        system=getattr(args, "system", None), calibration=args.calibration, mode=mode, methods=methods,
+        base_sampling=_sampling(args, "base_temperature"), nudger_sampling=_sampling(args, "nudger_temperature"),
+    )
+
+
+def load_nudger(args: argparse.Namespace, max_new_tokens: int | None = None, mode: str | None = None,
+                methods: list[str] | None = None, spec: LoadSpec | None = None) -> Nudger:
+    """Load the models a command line names; with --gamma auto, say first when a calibration will run, and
+    afterwards which gamma was used."""
+    spec = spec or load_spec(args, max_new_tokens, mode, methods)
+    notice = announce_auto_gamma(spec)
+    if notice:
+        print(f"nudging: --gamma auto: {notice}", file=sys.stderr)
+    nudger = Nudger.from_pretrained(spec=spec)
+    if nudger.gamma_note:
+        print(f"nudging: --gamma auto: {nudger.gamma_note}", file=sys.stderr)
+    return nudger
+
+
+def chosen_methods(requested: list[str], args: argparse.Namespace, default: list[str]) -> tuple[list[str], dict[str, str]]:
+    """The methods to run: as requested (default: `default`); "all" means every method these models can run,
+    and returns the others with the reason they cannot."""
+    if "all" not in requested:
+        return list(dict.fromkeys(requested or default)), {}
+    specs = ModelSpecs(**{k: v for k, v in (("base", args.base), ("nudger", args.nudger),
+                                            ("anti_expert", args.anti_expert)) if v is not None})
+    return fitting(list(MODES), specs.base, specs.nudger, specs.anti_expert)
+
+
+def parse_data(values: list[str]) -> dict[str, str]:
+    """--data TASK=FILE, repeated."""
+    data = {}
+    for value in values:
+        task, sep, file = value.partition("=")
+        if not sep or not task or not file:
+            raise InvalidArgumentError(f"--data must look like TASK=FILE, got {value!r}")
+        data[task] = file
+    return data
+
+
+def at_least(args: argparse.Namespace, minimum: int, *names: str) -> None:
+    """Each named integer option is at least `minimum`, else one clear error naming the flag."""
+    for name in names:
+        value = getattr(args, name)
+        if value is not None and value < minimum:
+            raise InvalidArgumentError(f"--{name.replace('_', '-')} must be at least {minimum}, got {value}")
