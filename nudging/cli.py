@@ -10,7 +10,7 @@ from typing import Sequence
 from nudging import __version__, models, prompts
 from nudging.calibrate import command as calibrate_command
 from nudging.commands import add_model_options, at_least, chosen_methods, load_nudger, load_spec
-from nudging.config import BATCH_SIZE, NudgingConfig
+from nudging.config import BATCH_SIZE, NudgingConfig, ServerSettings
 from nudging.errors import NudgingError
 from nudging.evals import cli_eval
 from nudging.evals.tasks import TASK_NAMES
@@ -79,14 +79,18 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on /v1 requests")
-    serve.add_argument("--model-name", default="nudging", help="the model id clients send")
+    serve.add_argument("--model-name", default=None,
+                       help=f"the model id clients send (default {ServerSettings.model_name})")
     serve.add_argument("--mode", default="nudging", choices=MODES[:3], help="nudging, or serve one model plainly")
-    serve.add_argument("--max-concurrency", type=int, default=1,
-                       help="generations that run at once (on local models they share each forward pass)")
-    serve.add_argument("--max-queue", type=int, default=16, help="requests that may wait; more get HTTP 429")
+    serve.add_argument("--max-concurrency", type=int, default=None,
+                       help="generations that run at once (on local models they share each forward pass; default "
+                            f"{ServerSettings.max_concurrency})")
+    serve.add_argument("--max-queue", type=int, default=None,
+                       help=f"requests that may wait; more get HTTP 429 (default {ServerSettings.max_queue})")
     serve.add_argument("--max-tokens", type=int, default=None, help="answer budget when a request sets none "
                                                                     f"(default {NudgingConfig.max_new_tokens})")
-    serve.add_argument("--max-tokens-limit", type=int, default=4096, help="the largest max_tokens a request may ask")
+    serve.add_argument("--max-tokens-limit", type=int, default=None, help="the largest max_tokens a request may "
+                                                                         f"ask (default {ServerSettings.max_tokens_limit})")
     # sampling and the system text come with each request; --api-key is this server's own key
     add_model_options(serve, sampling=False, key_flag="--remote-api-key")
 

@@ -58,6 +58,19 @@ class SamplingConfig:
         return self.temperature == 0
 
 
+@dataclass(frozen=True)
+class ServerSettings:
+    """`nudging serve`'s name for the model and its limits (flags default to these)."""
+
+    model_name: str = "nudging"
+    api_key: str | None = None
+    max_concurrency: int = 1  # generations that run at once
+    max_queue: int = 16  # requests that may wait for one; more get 429
+    max_tokens: int = NudgingConfig.max_new_tokens  # the answer budget of a request that sets none
+    max_tokens_limit: int = 4096  # the most a request may ask for
+    max_body_bytes: int = 1_000_000
+
+
 MAX_TOP_K = 20  # the most top logprobs vLLM returns by default (--max-logprobs)
 
 

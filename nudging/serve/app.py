@@ -22,7 +22,8 @@ from nudging.serve.protocol import (
     ChatCompletionRequest, ChatCompletionResponse, CompletionRequest, CompletionResponse, Health, ModelList,
     TokenizeRequest, TokenizeResponse,
 )
-from nudging.serve.serving import Service, ServerSettings
+from nudging.config import ServerSettings
+from nudging.serve.serving import Service
 
 __all__ = ["ServerSettings", "create_app"]
 

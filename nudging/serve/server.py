@@ -24,11 +24,12 @@ def serve(nudger: Nudger, args: argparse.Namespace) -> int:
     import uvicorn
 
     check_port_free(args.host, args.port)
-    service = Service(nudger, args.mode, replicas=args.max_concurrency, queue=args.max_queue)
-    settings = ServerSettings(model_name=args.model_name, api_key=args.api_key, max_tokens=args.max_tokens,
-                              max_tokens_limit=args.max_tokens_limit)
+    given = {name: getattr(args, name) for name in ("model_name", "api_key", "max_concurrency", "max_queue",
+                                                    "max_tokens", "max_tokens_limit")}
+    settings = ServerSettings(**{name: value for name, value in given.items() if value is not None})
+    service = Service(nudger, args.mode, replicas=settings.max_concurrency, queue=settings.max_queue)
     app = create_app(service, settings)
-    print(f"nudging: serving {args.model_name!r} ({args.mode}) on http://{args.host}:{args.port} "
+    print(f"nudging: serving {settings.model_name!r} ({args.mode}) on http://{args.host}:{args.port} "
           f"(OpenAI API under /v1, chat page at /)", file=sys.stderr, flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=5)
     return 0

@@ -20,7 +20,7 @@ from pydantic import BaseModel
 
 from nudging import prompts
 from nudging.backends.interface import Model
-from nudging.config import SamplingConfig
+from nudging.config import SamplingConfig, ServerSettings
 from nudging.errors import PromptTooLongError
 from nudging.nudger import Nudger
 from nudging.pool import LanePool
@@ -41,15 +41,6 @@ Put = Callable[[object], None]
 Work = Callable[[Nudger, Put, threading.Event], None]
 AnyRequest = Union[CompletionRequest, ChatCompletionRequest]
 DONE = "data: [DONE]\n\n"
-
-
-@dataclass
-class ServerSettings:
-    model_name: str = "nudging"
-    api_key: str | None = None
-    max_tokens: int = 512  # the default answer budget
-    max_tokens_limit: int = 4096  # the most a request may ask for
-    max_body_bytes: int = 1_000_000
 
 
 @dataclass
@@ -96,7 +87,8 @@ _END = object()
 class Service:
     """Generations on the lanes of one pool, with bounded admission (running + waiting <= replicas + queue)."""
 
-    def __init__(self, nudger: Nudger, mode: str, replicas: int = 1, queue: int = 16) -> None:
+    def __init__(self, nudger: Nudger, mode: str, replicas: int = ServerSettings.max_concurrency,
+                 queue: int = ServerSettings.max_queue) -> None:
         self.mode = mode
         self.template = nudger  # for the event loop only (prompt checks, token counts); generations use lanes
         self.pool: LanePool[Nudger] = LanePool(nudger, replicas)

@@ -126,7 +126,7 @@ class RemoteModel(TokenizedModel):
         self.context_length = capabilities.context_length
         self.counters = RemoteCounters()
         self.eos_strings = _eos_strings(tokenizer)
-        self._special_strings = sorted(set(getattr(tokenizer, "all_special_tokens", []) or []), key=len, reverse=True)
+        self.special_strings = sorted(set(getattr(tokenizer, "all_special_tokens", []) or []), key=len, reverse=True)
         self._open: RemoteRun | None = None
 
     def replica(self) -> "RemoteModel":
@@ -219,9 +219,11 @@ class RemoteModel(TokenizedModel):
             run = RemoteRun(self, text, probabilities=True, expected=choice)
             yield run, choice if choice is not None else run.next_choice()
 
+
 # --- echo: several word boundaries in one request -----------------------------------------------------------
 def _may_echo(model: RemoteModel, texts: Sequence[str]) -> bool:
     return len(texts) >= 2 and model.capabilities.echo_layout is not None and model.protocol in ("auto", "echo")
+
 
 def _echo_pays(model: RemoteModel, token_ids: list[list[int]]) -> bool:
     if model.protocol == "echo":
@@ -231,6 +233,7 @@ def _echo_pays(model: RemoteModel, token_ids: list[list[int]]) -> bool:
     echo = 2 * caps.request_seconds + len(token_ids[-1]) * caps.echo_seconds_per_token
     per_word = caps.request_seconds * (len(token_ids) + 1) / 2
     return echo < per_word
+
 
 def _echo_choices(model: RemoteModel, texts: Sequence[str], token_ids: list[list[int]]) -> list[Choice | None]:
     """Choices read from one echoed request; None where a text must be checked with its own request."""
@@ -262,6 +265,7 @@ def _echo_choices(model: RemoteModel, texts: Sequence[str], token_ids: list[list
                 results.append(Choice(None, math.exp(logprob), piece, False))
     return results
 
+
 def _echo_matches(model: RemoteModel, strings: list[str], count: int, text: str) -> bool:
     """Did the server tokenize the prompt as the local tokenizer did (same count, same text)?"""
     if len(strings) < count:
@@ -269,7 +273,7 @@ def _echo_matches(model: RemoteModel, strings: list[str], count: int, text: str)
     joined = "".join(strings[:count])
     if joined == text:
         return True
-    return any(joined.startswith(s) and joined[len(s):] == text for s in model._special_strings)
+    return any(joined.startswith(s) and joined[len(s):] == text for s in model.special_strings)
 
 
 def _echo_rows(logprobs: dict[str, Any] | None) -> tuple[list[str], list[dict[str, float] | None]] | None:
