@@ -111,6 +111,10 @@ def summarize(rows: list[dict], max_new_tokens: int, methods: list[str], skipped
                 if None not in values and sum(values):
                     work.setdefault(role, {})[unit] = sum(values) / max(tokens, 1)
         remote = any("requests" in units for units in work.values())
+        # everything each model did for this method, summed over the prompts (passes, tokens fed, logit rows,
+        # seconds inside its passes; or requests by kind)
+        totals = {role: {key: sum(row[method]["models"][role][key] for row in rows)
+                         for key in rows[0][method]["models"][role]} for role in rows[0][method]["models"]}
         summaries[method] = {
             "answer_tokens": tokens,
             "seconds": seconds,
@@ -122,6 +126,7 @@ def summarize(rows: list[dict], max_new_tokens: int, methods: list[str], skipped
                 r[method]["nudged_token_fraction"] * r[method]["answer_tokens"] for r in rows) / max(tokens, 1),
             "ended_by_itself": sum(r[method]["stop_reason"] in ("eos", "nudger_eos", "stop") for r in rows),
             "work_per_answer_token": work,  # forward passes (local) or requests (remote) per model
+            "models": totals,
             **({"paper_requests_per_answer_token": total(method, "paper_requests") / max(tokens, 1)}
                if remote and method in ("nudging", "ensemble-text") else {}),
         }
@@ -169,6 +174,11 @@ def print_report(report: dict) -> None:
                   "one request) and against nudging, in this run. ended: answers that ended before the budget. off "
                   "base: answer tokens the base would not have written itself.", style="dim")
     for name, summary in methods.items():
+        inside = [f"{role.replace('_', '-')} {work['seconds']:.1f} s in {work['forward_passes']:.0f} passes "
+                  f"({work['tokens_processed']:.0f} tokens fed, {work['logit_rows']:.0f} logit rows)"
+                  for role, work in summary["models"].items() if work.get("forward_passes")]
+        if inside:
+            console.print(f"{name}, inside the models: " + "; ".join(inside), style="dim")
         if "paper_requests_per_answer_token" in summary:
             console.print(f"{name}: the authors' protocol would send {summary['paper_requests_per_answer_token']:.2f} "
                           "requests per answer token", style="dim")

@@ -17,7 +17,7 @@ class GenerationStats:
     nudged_word_fraction: float
     answer_base_tokens: int
     nudged_base_tokens: int
-    models: dict[str, dict[str, int]] = field(default_factory=dict)  # work per model: passes and tokens, or requests
+    models: dict[str, dict[str, float]] = field(default_factory=dict)  # work per model: passes, tokens, seconds; or requests
     seconds: float = 0.0
     word_checks: int = 0  # base queries at word boundaries
     paper_requests: int = 0  # requests the authors' code would send for this answer (one per 16 base tokens)
@@ -49,7 +49,7 @@ class GenerationResult:
         }
 
 
-def stats_of(spans: list[Span], state: Any, work: dict[str, dict[str, int]], seconds: float, counter: Any,
+def stats_of(spans: list[Span], state: Any, work: dict[str, dict[str, float]], seconds: float, counter: Any,
              mode: str) -> GenerationStats:
     """A generation's figures: words and base tokens by source (counted with `counter`, the base's tokenizer
     where there is a base), rounds and word checks from the engine's trace, each model's work."""

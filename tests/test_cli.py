@@ -116,6 +116,14 @@ def test_bench_json(capsys, tiny_folders, tmp_path):
     assert text["base"]["forward_passes"] > 0.5 and text["nudger"]["forward_passes"] > 0.5  # about one per token
     assert "nudger" not in report["methods"]["in-context"]["work_per_answer_token"]
     assert all(len(row) == 2 + len(report["methods"]) for row in report["rows"])
+    # where the time went, per model: what its passes did, summed over the prompts
+    for role in ("base", "nudger"):
+        work = nudging["models"][role]
+        assert work["forward_passes"] == sum(row["nudging"]["models"][role]["forward_passes"] for row in report["rows"])
+        assert work["logit_rows"] >= work["forward_passes"] and work["tokens_processed"] >= work["forward_passes"]
+        assert (work["seconds"] > 0) == (work["forward_passes"] > 0)
+        assert work["seconds"] < report["methods"]["nudging"]["seconds"]
+    assert nudging["models"]["nudger"]["forward_passes"] > 0
 
 
 def test_console_script_entry_point(tiny_folders):

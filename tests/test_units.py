@@ -321,3 +321,14 @@ def test_the_lane_pool_lends_each_lane_to_one_generation_and_reports_errors():
         list(LanePool(source, 2).imap(["boom", 1, 2, 3], work))
     with pytest.raises(InvalidArgumentError, match="size of at least 1"):
         LanePool(source, 0)
+
+
+def test_counters_say_what_each_pass_computed(byte_tok):
+    model = LocalModel(tiny_llama(byte_tok, seed=3), byte_tok)
+    ids = model.tokenize("The cat reads a book")
+    model.logits_from(ids, 2)
+    counters = model.counters
+    assert (counters.forward_passes, counters.tokens_processed, counters.logit_rows) == (1, len(ids), len(ids) - 2)
+    model.logits_from(ids + [5], len(ids))  # one more token on the cached ones: one row
+    assert (counters.forward_passes, counters.tokens_processed, counters.logit_rows) == (2, len(ids) + 1, len(ids) - 1)
+    assert counters.seconds > 0 and counters.to_dict()["logit_rows"] == len(ids) - 1

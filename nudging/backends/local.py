@@ -12,7 +12,8 @@ repeats tokens of its last one does not compute them again.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import asdict, dataclass
 from typing import Any, Iterator, Sequence
 
 import torch
@@ -26,16 +27,18 @@ from nudging.pieces import IncrementalDetokenizer
 
 @dataclass
 class ModelCounters:
-    """Work done by one model: forward passes, tokens fed through it, and positions whose next-token logits
-    came from an earlier pass instead of a new one."""
+    """Work done by one model: forward passes, tokens fed through it, rows of next-token logits computed,
+    positions whose logits came from an earlier pass instead of a new one, and seconds spent in its passes
+    (for a lane, waiting for its packed pass included)."""
 
     forward_passes: int = 0
     tokens_processed: int = 0
+    logit_rows: int = 0
     reused_positions: int = 0
+    seconds: float = 0.0
 
-    def to_dict(self) -> dict[str, int]:
-        return {"forward_passes": self.forward_passes, "tokens_processed": self.tokens_processed,
-                "reused_positions": self.reused_positions}
+    def to_dict(self) -> dict[str, float]:
+        return asdict(self)
 
 
 ROWS_KEPT = 128  # next-token logits kept per model, for the latest positions (a lookahead and a stage fit)
@@ -191,6 +194,7 @@ class LocalModel(TokenizedModel):
         cached = self._cached_ids
         while keep < limit and cached[keep] == ids[keep]:
             keep += 1
+        started = time.perf_counter()
         try:
             logits = self._forward(ids, keep, len(ids) - first_position)
         except BaseException:
@@ -198,8 +202,10 @@ class LocalModel(TokenizedModel):
             self._kept.clear()
             raise
         self._cached_ids = list(ids)
+        self.counters.seconds += time.perf_counter() - started
         self.counters.forward_passes += 1
         self.counters.tokens_processed += len(ids) - keep
+        self.counters.logit_rows += len(logits)
         self._kept.remember(logits, first_position, keep, len(ids) - 1)
         return logits
 
