@@ -16,6 +16,7 @@ from nudging.backends.remote.client import ClientSettings
 from nudging.backends.remote.model import PROTOCOLS
 from nudging.config import MAX_LOOKAHEAD, MAX_TOP_K, BaselineConfig, NudgingConfig, SamplingConfig
 from nudging.errors import InvalidArgumentError
+from nudging.evals import runner
 from nudging.loading import AUTO, LoadSpec, ModelSpecs, announce_auto_gamma
 from nudging.methods import MODES, fitting
 from nudging.nudger import Nudger
@@ -127,9 +128,15 @@ def chosen_methods(requested: list[str], args: argparse.Namespace, default: list
     and returns the others with the reason they cannot."""
     if "all" not in requested:
         return list(dict.fromkeys(requested or default)), {}
-    specs = ModelSpecs(**{k: v for k, v in (("base", args.base), ("nudger", args.nudger),
-                                            ("anti_expert", args.anti_expert)) if v is not None})
+    specs = LoadSpec.build(args.base, args.nudger, anti_expert=args.anti_expert).models
     return fitting(list(MODES), specs.base, specs.nudger, specs.anti_expert)
+
+
+def eval_request(args: argparse.Namespace, **fields: Any) -> runner.EvalRequest:
+    """An EvalRequest whose model settings come from the command line (None: LoadSpec's default)."""
+    options = model_options(args)
+    models = {key: options.pop(key) for key in ("base", "nudger", "dtype", "device")}
+    return runner.EvalRequest(**models, lookahead=args.lookahead, load_options=options, **fields)
 
 
 def parse_data(values: list[str]) -> dict[str, str]:

@@ -79,12 +79,13 @@ class LoadSpec:
         field's default. `methods` (default: [mode], default "nudging") says which models to load."""
         owners = {ModelSpecs: "models", NudgingConfig: "config", LocalOptions: "local", RemoteOptions: "remote",
                   BaselineConfig: "baselines"}
+        owner_of = {f.name: name for kind, name in owners.items() for f in fields(kind)}
+        own = {f.name for f in fields(cls)} - set(owners.values()) - {"gamma_auto", "methods"}
         given = {"base": base, "nudger": nudger, **options}
         parts: dict[str, dict[str, Any]] = {name: {} for name in owners.values()}
         top: dict[str, Any] = {}
-        own = {f.name for f in fields(cls)} - set(owners.values()) - {"gamma_auto", "methods"}
         for key, value in given.items():
-            owner = next((name for kind, name in owners.items() if key in {f.name for f in fields(kind)}), None)
+            owner = owner_of.get(key)
             if owner is None and key not in own:
                 raise InvalidArgumentError(f"from_pretrained got an unknown option {key!r}")
             if value is None:

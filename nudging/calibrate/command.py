@@ -13,7 +13,7 @@ from nudging.calibrate import analysis, saved
 from nudging.calibrate.grid import GridResult, run_grid
 from nudging.calibrate.measure import measure
 from nudging.calibrate.plot import draw
-from nudging.commands import at_least, load_nudger, load_spec, model_options, parse_data
+from nudging.commands import at_least, eval_request, load_nudger, load_spec, parse_data
 from nudging.config import BATCH_SIZE
 from nudging.errors import InvalidArgumentError
 from nudging.loading import AUTO
@@ -137,15 +137,12 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _grid(args: argparse.Namespace, nudger, gammas: list[float], prefer: float, console) -> GridResult:
-    from nudging.evals import runner
     from nudging.evals.progress import progress_bars
 
-    options = model_options(args)
-    request = runner.EvalRequest(
-        tasks=[args.task], methods=["nudging"], base=options.pop("base"), nudger=options.pop("nudger"),
-        gamma=prefer, lookahead=args.lookahead, max_new_tokens=args.max_new_tokens, limit=args.limit,
-        seed=args.seed, out=Path(args.out) / "grid", dtype=options.pop("dtype"), device=options.pop("device"),
-        data=parse_data(args.data), load_options=options, concurrency=args.batch_size,
+    request = eval_request(
+        args, tasks=[args.task], methods=["nudging"], gamma=prefer, max_new_tokens=args.max_new_tokens,
+        limit=args.limit, seed=args.seed, out=Path(args.out) / "grid", data=parse_data(args.data),
+        concurrency=args.batch_size,
     )
     with progress_bars(console) as (show, warn):
         return run_grid(nudger, request, gammas, prefer, on_progress=show, warn=warn, seed=args.seed)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from nudging.commands import at_least, chosen_methods, load_nudger, model_options, parse_data
+from nudging.commands import at_least, chosen_methods, eval_request, load_nudger, parse_data
 from nudging.errors import InvalidArgumentError
 from nudging.evals import report, runner
 from nudging.evals.judge import Judge
@@ -27,13 +27,10 @@ def request_from(args: argparse.Namespace, warn=print) -> runner.EvalRequest:
     methods, skipped = chosen_methods(args.method, args, DEFAULT_METHODS)
     for method, reason in skipped.items():
         warn(f"--method all: skipping {method}, which {reason}")
-    options = model_options(args)
-    return runner.EvalRequest(
-        tasks=runner.expand_tasks(args.task), methods=methods, base=options.pop("base"),
-        nudger=options.pop("nudger"), gamma=None if args.gamma == AUTO else args.gamma, lookahead=args.lookahead,
-        max_new_tokens=args.max_new_tokens, limit=args.limit, seed=args.seed, out=out, dtype=options.pop("dtype"),
-        device=options.pop("device"), data=parse_data(args.data), judge=judge, load_options=options,
-        concurrency=args.concurrency,
+    return eval_request(
+        args, tasks=runner.expand_tasks(args.task), methods=methods, gamma=None if args.gamma == AUTO else args.gamma,
+        max_new_tokens=args.max_new_tokens, limit=args.limit, seed=args.seed, out=out, data=parse_data(args.data),
+        judge=judge, concurrency=args.concurrency,
     )
 
 
