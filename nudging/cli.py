@@ -11,7 +11,7 @@ from nudging import __version__, models, prompts
 from nudging.calibrate import command as calibrate_command
 from nudging.commands import add_model_options, at_least, chosen_methods, load_nudger, load_spec
 from nudging.config import BATCH_SIZE, NudgingConfig, ServerSettings
-from nudging.errors import NudgingError
+from nudging.errors import InvalidArgumentError, NudgingError
 from nudging.evals import cli_eval
 from nudging.evals.tasks import TASK_NAMES
 from nudging.methods import MODES
@@ -98,8 +98,12 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate_command.add_arguments(calibrate)
     add_model_options(calibrate, sampling=False)
 
-    setup = commands.add_parser("setup", help="install and convert the demo models once")
-    setup.add_argument("--models", nargs="*", default=["demo-base", "demo-nudger"])
+    setup = commands.add_parser("setup", help="fetch and convert built-in models once (default: the demo pair)")
+    setup.add_argument("--models", nargs="*", default=None, metavar="MODEL",
+                       help="model specs to fetch and convert (default: demo-base demo-nudger)")
+    setup.add_argument("--all", action="store_true",
+                       help="every built-in model: " + ", ".join(
+                           f"{alias}" for alias in models.BUILT_IN_MODELS))
     return parser
 
 
@@ -212,7 +216,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_setup(args: argparse.Namespace) -> int:
-    for spec in args.models:
+    if args.all and args.models:
+        raise InvalidArgumentError("setup: give --models or --all, not both")
+    specs = models.BUILT_IN_MODELS if args.all else (args.models or list(models.DEMO_MODELS))
+    for spec in specs:
         folder = models.resolve(spec)
         print(f"{spec}: ready in {folder}")
     return 0

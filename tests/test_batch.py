@@ -121,7 +121,8 @@ def test_packed_passes_compute_what_each_lane_computes_alone(tokenizers):
         got = packed.forward(requests)
         for lane, request in enumerate(requests):
             expected = alone[lane].logits_from(sequences[lane], len(sequences[lane]) - request.logits)
-            assert torch.allclose(got[lane], expected, atol=1e-9), (number, lane)
+            # float32: a pass of a few rows takes cpu_linear's product, summed in another order than a wide one's
+            assert torch.allclose(got[lane], expected, rtol=1e-5, atol=1e-5), (number, lane)
     assert packed.stats.compactions > 0 and packed.cache.capacity > 8
 
 

@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from transformers import DynamicCache
 
+from nudging.backends import cpu_linear
+from nudging.backends.drafts import DRAFT_TOKENS, Drafts
 from nudging.backends.interface import Choice, TokenizedModel, best_strings
 from nudging.config import SamplingConfig
 from nudging.errors import ContextWindowFull
@@ -125,6 +127,16 @@ class KeptLogits:
             self.rows[oldest + offset] = row
 
 
+def kept_prefix(cached_ids: Sequence[int], ids: Sequence[int], first_position: int) -> int:
+    """How many leading positions of `ids` a pass can keep from a cache of `cached_ids` (it recomputes from
+    first_position at the latest, and always feeds the last id)."""
+    keep = 0
+    limit = min(len(cached_ids), first_position, len(ids) - 1)
+    while keep < limit and cached_ids[keep] == ids[keep]:
+        keep += 1
+    return keep
+
+
 def top_strings(
     probs: torch.Tensor, ids: Sequence[int], detok: IncrementalDetokenizer, top_k: int, eos_ids: frozenset[int]
 ) -> tuple[tuple[str, float], ...]:
@@ -145,8 +157,10 @@ class LocalModel(TokenizedModel):
 
     full_distribution = True
 
-    def __init__(self, model: Any, tokenizer: Any, *, name: str = "model", sampling: SamplingConfig | None = None):
+    def __init__(self, model: Any, tokenizer: Any, *, name: str = "model", sampling: SamplingConfig | None = None,
+                 draft_tokens: int = DRAFT_TOKENS):
         self.model = model.eval()
+        cpu_linear.install(self.model)
         self.tokenizer = tokenizer
         self.name = name
         self.sampling = sampling or SamplingConfig()
@@ -157,15 +171,23 @@ class LocalModel(TokenizedModel):
         self._cache: DynamicCache | None = None
         self._cached_ids: list[int] = []
         self._kept = KeptLogits()
+        self.draft_tokens = draft_tokens  # guessed tokens fed after a run's last one (nudging.backends.drafts)
+        self.drafts = Drafts()
+        self.guesser: Callable[[str], str] | None = None  # run text -> a guess at what follows, this generation
 
     @property
     def device(self) -> torch.device:
         return self.model.device
 
+    @property
+    def parameter_count(self) -> int:
+        return sum(parameter.numel() for parameter in self.model.parameters())
+
     def replica(self) -> "LocalModel":
         """Another LocalModel over the same weights and tokenizer (a fast tokenizer is only read), with a cache
         of its own."""
-        return LocalModel(self.model, self.tokenizer, name=self.name, sampling=self.sampling)
+        return LocalModel(self.model, self.tokenizer, name=self.name, sampling=self.sampling,
+                          draft_tokens=self.draft_tokens)
 
     def finish(self) -> None:
         """Nothing to release at the end of a generation (the KV cache is kept for the next one)."""
@@ -174,6 +196,8 @@ class LocalModel(TokenizedModel):
         """A new answer: its sampler starts (from its seed, if it has one), and logits kept from earlier answers
         are dropped, so that each answer pays for its own passes (the KV cache of a shared prompt is reused)."""
         self._kept.clear()
+        self.drafts.clear()
+        self.guesser = None  # a method that has a cheap guesser offers it after this (nudging.guesses)
         self.sampler = Sampler(sampling or self.sampling)
 
     # --- forward passes with the cache ----------------------------------------------------------------------
@@ -189,11 +213,7 @@ class LocalModel(TokenizedModel):
         if known is not None:
             self.counters.reused_positions += len(known)
             return known
-        keep = 0
-        limit = min(len(self._cached_ids), first_position, len(ids) - 1)
-        cached = self._cached_ids
-        while keep < limit and cached[keep] == ids[keep]:
-            keep += 1
+        keep = kept_prefix(self._cached_ids, ids, first_position)
         started = time.perf_counter()
         try:
             logits = self._forward(ids, keep, len(ids) - first_position)
@@ -235,7 +255,7 @@ class LocalModel(TokenizedModel):
 
     # --- runs -----------------------------------------------------------------------------------------------
     def start_run(self, text: str, top_k: int = 0) -> "LocalRun":
-        return LocalRun(self, self.tokenize(text), top_k)
+        return LocalRun(self, self.tokenize(text), top_k, text=text)
 
     def greedy(self, text: str, max_tokens: int) -> tuple[str, bool]:
         """greedy(x, n) of the spec: a run of at most n tokens from `text`; returns (its text, hit EOS)."""
@@ -256,20 +276,7 @@ class LocalModel(TokenizedModel):
         (a text the others lead into) is fed in the same pass where they align with it, so that a run which
         goes on to write it finds its logits computed.
         """
-        token_ids = [self.tokenize(text) for text in texts]
-        passes = token_ids + ([self.tokenize(draft)] if draft is not None else [])
-        fitting = [ids for ids in passes if self.context_length is None or len(ids) <= self.context_length]
-        longest = fitting[-1] if fitting else []
-        if draft is not None and longest is passes[-1] and longest[: len(token_ids[-1])] != token_ids[-1]:
-            longest = fitting[-2] if len(fitting) >= 2 else []  # the draft tokenizes apart from the texts
-        aligned = [bool(longest) and len(ids) <= len(longest) and longest[: len(ids)] == ids for ids in token_ids]
-        if any(aligned):
-            first = min(len(ids) - 1 for ids, ok in zip(token_ids, aligned) if ok)
-            shared_logits = self.logits_from(longest, first)
-        for ids, ok in zip(token_ids, aligned):
-            run = LocalRun(self, ids)
-            logits = shared_logits[len(ids) - 1 - first] if ok else self.logits_from(ids, len(ids) - 1)[0]
-            yield run, self.choose(logits, ids, run.detokenizer)
+        return prefix_choices(self, texts, draft)
 
     def plain_decode(self, text: str, max_tokens: int) -> int:
         """transformers' cached `generate`, greedy: the base-only reference bench times nudging against."""
@@ -284,17 +291,61 @@ class LocalModel(TokenizedModel):
         return sum(1 for token in new if token not in self.eos_ids)
 
 
+def prefix_choices(model: LocalModel, texts: Sequence[str], draft: str | None) -> Iterator[tuple["LocalRun", Choice]]:
+    """LocalModel.choices_at_prefixes (here to keep the class short)."""
+    token_ids = [model.tokenize(text) for text in texts]
+    passes = token_ids + ([model.tokenize(draft)] if draft is not None else [])
+    fitting = [ids for ids in passes if model.context_length is None or len(ids) <= model.context_length]
+    longest = fitting[-1] if fitting else []
+    if draft is not None and longest is passes[-1] and longest[: len(token_ids[-1])] != token_ids[-1]:
+        longest = fitting[-2] if len(fitting) >= 2 else []  # the draft tokenizes apart from the texts
+    aligned = [bool(longest) and len(ids) <= len(longest) and longest[: len(ids)] == ids for ids in token_ids]
+    if any(aligned):
+        first = min(len(ids) - 1 for ids, ok in zip(token_ids, aligned) if ok)
+        needed = max(len(ids) for ids, ok in zip(token_ids, aligned) if ok)
+        # The draft rides along only as far as the pass stays narrow (cpu_linear.SKINNY_ROWS new tokens): a
+        # wide pass costs two to three narrow ones, more than the draft saves once the base stops agreeing.
+        longest = longest[: max(needed, kept_prefix(model._cached_ids, longest, first) + cpu_linear.SKINNY_ROWS)]
+        shared_logits = model.logits_from(longest, first)
+    for text, ids, ok in zip(texts, token_ids, aligned):
+        run = LocalRun(model, ids, text=text)
+        logits = shared_logits[len(ids) - 1 - first] if ok else model.logits_from(ids, len(ids) - 1)[0]
+        yield run, model.choose(logits, ids, run.detokenizer)
+
+
 class LocalRun:
     """One run of the spec: starts from a canonical tokenization, then extends its own ids."""
 
-    def __init__(self, model: LocalModel, ids: list[int], top_k: int = 0) -> None:
+    def __init__(self, model: LocalModel, ids: list[int], top_k: int = 0, *, text: str = "") -> None:
         self.model = model
         self.ids = ids
         self.top_k = top_k
+        self.text = text  # the run's text: what it started from, then its pieces
         self.detokenizer = IncrementalDetokenizer(model.tokenizer, ids)
+        model.drafts.add(ids)
 
     def next_logits(self) -> torch.Tensor:
-        return self.model.logits_from(self.ids, len(self.ids) - 1)[0]
+        """The logits after the run's ids: kept from an earlier pass, or from a pass that also feeds a few guessed
+        tokens, so that the next ones are there if the run goes on to write them."""
+        model = self.model
+        last = len(self.ids) - 1
+        known = model._known_rows(self.ids, last)
+        if known is not None:
+            model.counters.reused_positions += 1
+            return known[0]
+        return model.logits_from(self.ids + self._guess(), last)[0]
+
+    def _guess(self) -> list[int]:
+        """Tokens that may come next: the generation's guesser's text (nudging.guesses), else earlier n-grams
+        (nudging.backends.drafts). Only the pass's width depends on them, never the run's tokens."""
+        model = self.model
+        room = model.draft_tokens if model.context_length is None else min(
+            model.draft_tokens, model.context_length - len(self.ids))
+        if room <= 0:
+            return []
+        if model.guesser is not None and (text := model.guesser(self.text)):
+            return model.tokenizer(text, add_special_tokens=False)["input_ids"][:room]
+        return model.drafts.guess(self.ids, room)
 
     def next_choice(self) -> Choice:
         return self.model.choose(self.next_logits(), self.ids, self.detokenizer, self.top_k)
@@ -305,4 +356,6 @@ class LocalRun:
     def append_token(self, token: int) -> str:
         """Extend the run by `token`; returns its piece."""
         self.ids.append(token)
-        return self.detokenizer.push(self.ids)
+        piece = self.detokenizer.push(self.ids)
+        self.text += piece
+        return piece
