@@ -7,7 +7,9 @@ re-tokenized text, a run that extends its own ids, and a batch of word-boundary 
 Beside the KV cache it keeps the next-token logits of the latest positions it computed. A run whose ids follow
 ids already fed through the model reads them instead of making a pass: the base verifies a draft (the nudger's
 lookahead, base-tokenized) in the one pass that checks the word boundaries, and a nudger whose next lookahead
-repeats tokens of its last one does not compute them again.
+repeats tokens of its last one does not compute them again. A pass that computes a run's next logits also feeds
+one guessed token after them (nudging.backends.drafts, or the generation's guesser, nudging.guesses), which costs
+nothing on a CPU (nudging.backends.cpu_linear) and saves the next pass where the run writes that token.
 """
 
 from __future__ import annotations
