@@ -102,8 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     setup.add_argument("--models", nargs="*", default=None, metavar="MODEL",
                        help="model specs to fetch and convert (default: demo-base demo-nudger)")
     setup.add_argument("--all", action="store_true",
-                       help="every built-in model: " + ", ".join(
-                           f"{alias}" for alias in models.BUILT_IN_MODELS))
+                       help="every built-in model: " + ", ".join(models.BUILT_IN_MODELS))
     return parser
 
 

@@ -14,6 +14,7 @@ nothing on a CPU (nudging.backends.cpu_linear) and saves the next pass where the
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Iterator, Sequence
@@ -181,7 +182,7 @@ class LocalModel(TokenizedModel):
     def device(self) -> torch.device:
         return self.model.device
 
-    @property
+    @functools.cached_property
     def parameter_count(self) -> int:
         return sum(parameter.numel() for parameter in self.model.parameters())
 
@@ -203,11 +204,13 @@ class LocalModel(TokenizedModel):
         self.sampler = Sampler(sampling or self.sampling)
 
     # --- forward passes with the cache ----------------------------------------------------------------------
-    def logits_from(self, ids: Sequence[int], first_position: int) -> torch.Tensor:
+    def logits_from(self, ids: Sequence[int], first_position: int,
+                    guess: Callable[[], list[int]] | None = None) -> torch.Tensor:
         """Next-token logits after ids[:p+1] for every p from `first_position` to the end, shape [n, vocab].
 
         Keeps the cached prefix that `ids` shares with the last pass (but recomputes from `first_position` at
-        the latest) and feeds only the rest through the model.
+        the latest) and feeds only the rest through the model. Where it makes a pass, the tokens `guess()`
+        returns ride along after `ids`, and their logits are kept for a run that goes on to write them.
         """
         if self.context_length is not None and len(ids) > self.context_length:
             raise ContextWindowFull(f"{self.name}: {len(ids)} tokens exceed the context of {self.context_length}")
@@ -215,6 +218,9 @@ class LocalModel(TokenizedModel):
         if known is not None:
             self.counters.reused_positions += len(known)
             return known
+        rows = len(ids) - first_position
+        if guess is not None:
+            ids = list(ids) + guess()
         keep = kept_prefix(self._cached_ids, ids, first_position)
         started = time.perf_counter()
         try:
@@ -229,7 +235,7 @@ class LocalModel(TokenizedModel):
         self.counters.tokens_processed += len(ids) - keep
         self.counters.logit_rows += len(logits)
         self._kept.remember(logits, first_position, keep, len(ids) - 1)
-        return logits
+        return logits[:rows]
 
     def _known_rows(self, ids: Sequence[int], first_position: int) -> torch.Tensor | None:
         return self._kept.lookup(ids, self._cached_ids, first_position)
@@ -329,13 +335,7 @@ class LocalRun:
     def next_logits(self) -> torch.Tensor:
         """The logits after the run's ids: kept from an earlier pass, or from a pass that also feeds a few guessed
         tokens, so that the next ones are there if the run goes on to write them."""
-        model = self.model
-        last = len(self.ids) - 1
-        known = model._known_rows(self.ids, last)
-        if known is not None:
-            model.counters.reused_positions += 1
-            return known[0]
-        return model.logits_from(self.ids + self._guess(), last)[0]
+        return self.model.logits_from(self.ids, len(self.ids) - 1, guess=self._guess)[0]
 
     def _guess(self) -> list[int]:
         """Tokens that may come next: the generation's guesser's text (nudging.guesses), else earlier n-grams
