@@ -91,7 +91,10 @@ class Sampler:
     def __call__(self, logits: torch.Tensor) -> int:
         if self.settings.greedy:
             return int(torch.argmax(logits))
-        probs = torch.softmax(logits / self.settings.temperature, dim=-1).cpu()
+        scaled = logits / self.settings.temperature
+        if not torch.isfinite(scaled.max()):  # a temperature so small the division overflows: its limit, argmax
+            return int(torch.argmax(logits))
+        probs = torch.softmax(scaled, dim=-1).cpu()
         if self.settings.top_p < 1.0:
             sorted_probs, order = torch.sort(probs, descending=True)
             outside = torch.cumsum(sorted_probs, dim=-1) - sorted_probs >= self.settings.top_p

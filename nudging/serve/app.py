@@ -12,32 +12,28 @@ from typing import Awaitable, Callable
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse
+from starlette.exceptions import HTTPException
 
 from nudging.errors import NudgingError
 from nudging.serve import serving
-from nudging.serve.errors import (
-    BodyTooLarge, InvalidRequest, LengthRequired, ServeError, Unauthorized, documented, problem,
-)
+from nudging.serve.errors import BodyTooLarge, InvalidRequest, LengthRequired, ServeError, Unauthorized, problem
+from nudging.serve.openapi import GUARDED, POSTED, documented, generation, with_chunk_schemas
 from nudging.serve.protocol import (
-    ChatCompletionRequest, ChatCompletionResponse, CompletionRequest, CompletionResponse, Health, ModelList,
-    TokenizeRequest, TokenizeResponse,
+    ChatCompletionChunk, ChatCompletionRequest, ChatCompletionResponse, CompletionChunk, CompletionRequest,
+    CompletionResponse, Health, ModelList, TokenizeRequest, TokenizeResponse,
 )
 from nudging.config import ServerSettings
 from nudging.serve.serving import Service
 
 __all__ = ["ServerSettings", "create_app"]
 
-# The statuses each route can send besides 200 (the middleware's 400/401/413 on every guarded route).
-GUARDED = (400, 401, 413, 500)
-POSTED = GUARDED + (411, 422)
-GENERATES = POSTED + (404, 429, 502)
 Next = Callable[[Request], Awaitable[Response]]
-STREAM = {"text/event-stream": {"schema": {"type": "string", "description": "server-sent events, one chunk each"}}}
 
 
 def create_app(service: Service, settings: ServerSettings) -> FastAPI:
     app = FastAPI(title="nudging", docs_url=None, redoc_url=None)
-    for kind in (ServeError, NudgingError, RequestValidationError, Exception):
+    app.openapi = with_chunk_schemas(app)  # type: ignore[method-assign]
+    for kind in (ServeError, NudgingError, RequestValidationError, HTTPException, Exception):
         app.add_exception_handler(kind, error_response)
     app.middleware("http")(_guard(settings))
 
@@ -57,13 +53,12 @@ def create_app(service: Service, settings: ServerSettings) -> FastAPI:
     async def tokenize(body: TokenizeRequest) -> TokenizeResponse:
         return serving.tokenize(service, settings, body)
 
-    @app.post("/v1/completions", response_model=None,
-              responses={200: {"model": CompletionResponse, "content": STREAM}, **documented(*GENERATES)})
+    @app.post("/v1/completions", response_model=None, responses=generation(CompletionResponse, CompletionChunk))
     async def completions(body: CompletionRequest, request: Request) -> Response:
         return await serving.complete(service, settings, body, request)
 
     @app.post("/v1/chat/completions", response_model=None,
-              responses={200: {"model": ChatCompletionResponse, "content": STREAM}, **documented(*GENERATES)})
+              responses=generation(ChatCompletionResponse, ChatCompletionChunk))
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
         return await serving.chat(service, settings, body, request)
 
@@ -71,9 +66,10 @@ def create_app(service: Service, settings: ServerSettings) -> FastAPI:
 
 
 async def error_response(request: Request, error: Exception) -> Response:
-    """The one exception handler: the status from the table in nudging.serve.errors, OpenAI's error body."""
+    """The one exception handler: the status from the table in nudging.serve.errors, OpenAI's error body (and a
+    405's Allow header)."""
     status, body = problem(error)
-    return serving.json_response(body, status)
+    return serving.json_response(body, status, headers=getattr(error, "headers", None))
 
 
 def _guard(settings: ServerSettings) -> Callable[[Request, Next], Awaitable[Response]]:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException
 
 from nudging.errors import InvalidArgumentError, NudgingError, PromptTooLongError, RemoteError
 from nudging.serve.protocol import ErrorBody, ErrorDetail, new_id
@@ -38,6 +39,14 @@ class Unauthorized(ServeError):
 
 class UnknownModel(ServeError):
     """The request names a model this server does not serve."""
+
+
+class UnknownRoute(ServeError):
+    """A path this server has no route for."""
+
+
+class MethodNotAllowed(ServeError):
+    """A route asked with a method it does not take."""
 
 
 class LengthRequired(ServeError):
@@ -75,6 +84,8 @@ STATUSES: dict[type[BaseException], Status] = {
     NudgingError: Status(400, "invalid_request_error", "invalid_request"),
     Unauthorized: Status(401, "authentication_error", "invalid_api_key"),
     UnknownModel: Status(404, "invalid_request_error", "model_not_found"),
+    UnknownRoute: Status(404, "invalid_request_error", "unknown_url"),
+    MethodNotAllowed: Status(405, "invalid_request_error", "method_not_allowed"),
     LengthRequired: Status(411, "invalid_request_error", "length_required"),
     BodyTooLarge: Status(413, "invalid_request_error", "body_too_large"),
     Unprocessable: Status(422, "invalid_request_error", "invalid_value"),
@@ -82,19 +93,6 @@ STATUSES: dict[type[BaseException], Status] = {
     ClientClosed: Status(499, "invalid_request_error", "client_closed"),
     RemoteError: Status(502, "server_error", "upstream_error"),  # a model server behind this one failed
     Exception: Status(500, "server_error", "internal_error"),
-}
-
-DESCRIPTIONS = {
-    400: "Invalid request: not JSON, a bad header, a prompt too long for the context window, or a value the "
-         "engine refuses",
-    401: "Missing or wrong API key",
-    404: "Unknown model",
-    411: "A POST without Content-Length",
-    413: "Request body too large",
-    422: "A value out of range, or parameters this server cannot serve together",
-    429: "Too many requests: every generation slot and waiting place is taken; retry later",
-    500: "Internal server error: the body carries a request id to look up in the server's log",
-    502: "A model server behind this one failed",
 }
 
 
@@ -109,6 +107,8 @@ def problem(error: BaseException) -> tuple[int, ErrorBody]:
     """The status and body a client gets for `error`; a server error is logged with its traceback."""
     if isinstance(error, RequestValidationError):
         error = _from_validation(error)
+    elif isinstance(error, HTTPException):
+        error = _from_http(error)
     row = status_of(error)
     if row.status == 500:
         request_id = new_id("req")
@@ -122,6 +122,19 @@ def problem(error: BaseException) -> tuple[int, ErrorBody]:
     return row.status, ErrorBody(error=ErrorDetail(message=str(error), type=row.kind, param=param, code=code))
 
 
+def _from_http(error: HTTPException) -> Exception:
+    """The errors FastAPI and Starlette raise themselves: a body that cannot be decoded, no route, a wrong method
+    (any other is unexpected, a server error)."""
+    if error.status_code == 400:
+        return InvalidRequest("the request body could not be read: send JSON encoded as UTF-8", code="invalid_json")
+    if error.status_code == 404:
+        return UnknownRoute("no such route; this server's routes are listed in /openapi.json")
+    if error.status_code == 405:
+        allowed = (error.headers or {}).get("Allow", "another method")
+        return MethodNotAllowed(f"this route takes {allowed} only")
+    return error
+
+
 def _from_validation(error: RequestValidationError) -> ServeError:
     errors: list[dict[str, Any]] = list(error.errors())
     if any(e.get("type") == "json_invalid" for e in errors):
@@ -133,16 +146,3 @@ def _from_validation(error: RequestValidationError) -> ServeError:
     location = ".".join(str(part) for part in first.get("loc", ()) if part != "body")
     message = first.get("msg", "invalid value")
     return Unprocessable(f"{location}: {message}" if location else message, param=location or None)
-
-
-def documented(*statuses: int, json_route: bool = True) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI `responses` entries for the error statuses a route sends, each with the error body. A route whose
-    own responses are not JSON (the chat page) names the body's schema, which the JSON routes put in the
-    document: FastAPI would file a `model` under the route's own media type."""
-    def entry(status: int) -> dict[str, Any]:
-        if json_route:
-            return {"model": ErrorBody, "description": DESCRIPTIONS[status]}
-        schema = {"$ref": f"#/components/schemas/{ErrorBody.__name__}"}
-        return {"description": DESCRIPTIONS[status], "content": {"application/json": {"schema": schema}}}
-
-    return {status: entry(status) for status in sorted(set(statuses))}

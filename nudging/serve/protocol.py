@@ -33,7 +33,14 @@ def _check(build: Callable[..., object], **values: object) -> None:
 
 
 # --- requests ------------------------------------------------------------------------------------------------
-class NudgingFields(BaseModel):
+class _Request(BaseModel):
+    """Fields take the JSON types the OpenAPI document gives them, no others (no "stream": 0, no "max_tokens":
+    "8"); fields this server does not know are ignored."""
+
+    model_config = ConfigDict(strict=True, extra="ignore")
+
+
+class NudgingFields(_Request):
     """Per-request nudging settings, sent as extra body fields (OpenAI clients: `extra_body=`)."""
 
     gamma: float | None = Field(default=None, description="strictly between 0 and 1; default: the server's")
@@ -48,7 +55,7 @@ class NudgingFields(BaseModel):
         return value
 
 
-class SamplingFields(BaseModel):
+class SamplingFields(_Request):
     model: str | None = None
     max_tokens: int | None = Field(default=None, description="answer budget; default: the server's")
     temperature: float | None = Field(default=None, description=f"0 (greedy, the default) to {MAX_TEMPERATURE:g}")
@@ -95,8 +102,6 @@ class SamplingFields(BaseModel):
 
 
 class CompletionRequest(SamplingFields, NudgingFields):
-    model_config = ConfigDict(extra="ignore")
-
     prompt: str | list[str]
     echo: bool = False
     logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_K)  # top-k strings per position (0 and 1: top-1)
@@ -111,7 +116,7 @@ class CompletionRequest(SamplingFields, NudgingFields):
         return value
 
 
-class ChatMessage(BaseModel):
+class ChatMessage(_Request):
     role: Literal["system", "developer", "user", "assistant"]
     content: str | list[dict[str, Any]]
 
@@ -123,8 +128,6 @@ class ChatMessage(BaseModel):
 
 
 class ChatCompletionRequest(SamplingFields, NudgingFields):
-    model_config = ConfigDict(extra="ignore")
-
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = None
 
@@ -143,10 +146,8 @@ class ChatCompletionRequest(SamplingFields, NudgingFields):
         return value
 
 
-class TokenizeRequest(BaseModel):
+class TokenizeRequest(_Request):
     """vLLM's /tokenize body (prompt form)."""
-
-    model_config = ConfigDict(extra="ignore")
 
     model: str | None = None
     prompt: str

@@ -421,8 +421,8 @@ async def _scored_events(service: Service, settings: ServerSettings, job: Job, t
 
 
 # --- response helpers ----------------------------------------------------------------------------------------
-def json_response(payload: BaseModel, status: int = 200) -> Response:
-    return Response(payload.model_dump_json(), status_code=status, media_type="application/json")
+def json_response(payload: BaseModel, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(payload.model_dump_json(), status_code=status, headers=headers, media_type="application/json")
 
 
 def sse(payload: BaseModel) -> str:

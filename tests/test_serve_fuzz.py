@@ -1,0 +1,178 @@
+"""A schema-driven fuzz of a real `nudging serve` process on tiny models: schemathesis reads the server's own
+OpenAPI document, sends requests made from it (valid ones and broken ones), and checks that none gets a server
+error and that every status, content type and body (JSON, or each event of a stream) is one the document
+describes. Derandomized, so a run is the same every time; the long run is behind the schema_fuzz_long marker:
+
+    PYTHONPATH=$PWD python -m pytest -q -s -m schema_fuzz_long tests/test_serve_fuzz.py
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from typing import Any, Iterator
+
+import httpx
+import pytest
+import schemathesis
+from schemathesis import GenerationMode
+from schemathesis.checks import (
+    content_type_conformance, negative_data_rejection, not_a_server_error, response_schema_conformance,
+    status_code_conformance, unsupported_method,
+)
+
+from servers import start_server
+
+TOKENS = 8  # the fuzzed server's answer budget and limit: a larger max_tokens is refused before any decoding
+EXAMPLES = 30  # per operation and generation mode (valid, broken), besides the coverage phase's boundary cases
+LONG_EXAMPLES = 2000
+CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance,
+          negative_data_rejection, unsupported_method]
+
+sent: Counter[str] = Counter()  # the statuses the fuzz got, per route
+changed: Counter[str] = Counter()  # the cases of known failures below, left out or changed
+
+
+@pytest.fixture(scope="module")
+def fuzz_server(tiny_folders) -> Iterator[str]:
+    process, url = start_server(tiny_folders["base"], tiny_folders["nudger"], "--max-tokens", str(TOKENS),
+                                "--max-tokens-limit", str(TOKENS))
+    yield url
+    process.terminate()
+    process.wait(timeout=30)
+
+
+def fuzzing(url: str, examples: int) -> schemathesis.BaseSchema:
+    schema = schemathesis.openapi.from_url(url + "/openapi.json")
+    schema.config.seed = 0
+    schema.config.generation.update(max_examples=examples, deterministic=True,
+                                    modes=[GenerationMode.POSITIVE, GenerationMode.NEGATIVE])
+    schema.config.phases.update(phases=["examples", "coverage", "fuzzing"])
+    schema.config.update(request_timeout=60, continue_on_failure=True)
+    schema.config.output.sanitization.update(enabled=False)  # it would hide max_tokens in a failure's curl line
+    return schema
+
+
+def reported(schema: schemathesis.BaseSchema) -> Iterator[schemathesis.BaseSchema]:
+    """The schema to fuzz; afterwards, what was sent (shown with pytest -s)."""
+    sent.clear()
+    changed.clear()
+    started = time.monotonic()
+    yield schema
+    lines = "".join(f"\n  {count:6d}  {what}" for what, count in sorted((sent + changed).items()))
+    print(f"\nschema fuzz: {sum(sent.values())} requests in {time.monotonic() - started:.0f} s{lines}")
+
+
+@pytest.fixture(scope="module")
+def api(fuzz_server):
+    yield from reported(fuzzing(fuzz_server, EXAMPLES))
+
+
+@pytest.fixture(scope="module")
+def api_long(fuzz_server):
+    yield from reported(fuzzing(fuzz_server, LONG_EXAMPLES))
+
+
+# --- KNOWN FAILURES, fixed on another branch (issue 18, item 5): the coordinator removes this filter once that
+# branch is merged. Each predicate is one class of bad input that gets a 500 today, and nothing wider. A case of
+# one of these classes is not sent, but for an empty prompt, which is most completion cases (the generator's
+# first string is ""): those are sent with the prompt "." instead, so that their other fields are still fuzzed.
+EMPTY_PROMPT = "empty prompt on a model without BOS"
+
+def _lone_surrogate(value: Any) -> bool:
+    return isinstance(value, str) and any("\ud800" <= char <= "\udfff" for char in value)
+
+
+def known_item5_failure(path: str, body: Any) -> str | None:
+    """The class of a case in item 5's list, or None."""
+    if not isinstance(body, dict):
+        return None
+    prompt, messages = body.get("prompt"), body.get("messages")
+    contents = [m.get("content") for m in messages if isinstance(m, dict)] if isinstance(messages, list) else []
+    parts = [p for c in contents if isinstance(c, list) for p in c if isinstance(p, dict)]
+    if path == "/v1/completions" and prompt in ("", [""]):
+        return EMPTY_PROMPT
+    if _lone_surrogate(prompt) or (isinstance(prompt, list) and any(map(_lone_surrogate, prompt))) \
+            or any(map(_lone_surrogate, contents)) or any(_lone_surrogate(p.get("text")) for p in parts):
+        return "lone surrogate in a prompt or chat content"
+    seed = body.get("seed")
+    if isinstance(seed, int) and not -2**63 <= seed < 2**64:
+        return "seed beyond 64 bits"
+    top_p, temperature = body.get("top_p"), body.get("temperature")
+    if isinstance(top_p, (int, float)) and 0 < top_p < 1e-44 and isinstance(temperature, (int, float)) \
+            and temperature > 0:
+        return "top_p that is 0 as a float32, with sampling"
+    if any(p.get("type") == "text" and "text" in p and not isinstance(p["text"], str) for p in parts):
+        return "chat content part whose text is not a string"
+    return None
+# --- end of the known failures -----------------------------------------------------------------------------------
+
+
+def check(case) -> None:
+    known = known_item5_failure(case.operation.path, case.body)
+    if known == EMPTY_PROMPT:
+        case.body = {**case.body, "prompt": "." if case.body["prompt"] == "" else ["."]}
+        changed[f"prompt '' sent as '.': {EMPTY_PROMPT}"] += 1
+        known = known_item5_failure(case.operation.path, case.body)
+    if known is not None:
+        changed[f"left out: {known}"] += 1
+        return
+    response = case.call_and_validate(checks=CHECKS)
+    method = case.method.upper() if case.method.lower() == case.operation.method.lower() else "another method"
+    sent[f"{method} {case.operation.path} {response.status_code}"] += 1
+
+
+fuzzed = schemathesis.pytest.from_fixture("api")
+fuzzed_long = schemathesis.pytest.from_fixture("api_long")
+
+
+@fuzzed.parametrize()
+def test_every_answer_is_one_the_schema_describes(case):
+    check(case)
+
+
+@pytest.mark.schema_fuzz_long
+@fuzzed_long.parametrize()
+def test_every_answer_is_one_the_schema_describes_long(case):
+    check(case)
+
+
+# --- what the fuzz found, kept as plain cases ---------------------------------------------------------------------
+@pytest.mark.parametrize("temperature", [1e-300, 5e-324])
+def test_a_temperature_too_small_to_divide_by_samples_as_greedy(fuzz_server, temperature):
+    body = {"prompt": "The cat reads", "nudging": False, "seed": 1}
+    greedy = httpx.post(fuzz_server + "/v1/completions", json=body, timeout=60)
+    tiny = httpx.post(fuzz_server + "/v1/completions", json={**body, "temperature": temperature}, timeout=60)
+    assert tiny.status_code == greedy.status_code == 200, tiny.text
+    assert tiny.json()["choices"][0]["text"] == greedy.json()["choices"][0]["text"]
+
+
+@pytest.mark.parametrize("method, path, content, status, code", [
+    ("POST", "/tokenize", b'{"prompt": "\xff\xfe"}', 400, "invalid_json"),  # not UTF-8
+    ("GET", "/v1/nowhere", None, 404, "unknown_url"),
+    ("DELETE", "/v1/completions", None, 405, "method_not_allowed"),
+])
+def test_the_routers_own_errors_get_openai_style_bodies(fuzz_server, method, path, content, status, code):
+    response = httpx.request(method, fuzz_server + path, content=content, timeout=30,
+                             headers={"Content-Type": "application/json"})
+    assert response.status_code == status
+    error = response.json()["error"]
+    assert error["code"] == code and error["type"] == "invalid_request_error" and error["message"]
+    assert status != 405 or response.headers["allow"] == "POST"
+
+
+def test_the_filter_of_known_failures_leaves_their_neighbours_in():
+    """The filter above must not hide more than item 5's cases: the inputs next to each are fuzzed."""
+    assert known_item5_failure("/v1/completions", {"prompt": ""})
+    assert not known_item5_failure("/v1/completions", {"prompt": " "})
+    assert not known_item5_failure("/tokenize", {"prompt": ""})
+    assert known_item5_failure("/tokenize", {"prompt": "a\ud800"})
+    assert not known_item5_failure("/v1/completions", {"prompt": "a", "user": "\ud800"})
+    assert known_item5_failure("/v1/completions", {"prompt": "a", "seed": 2**64})
+    assert not known_item5_failure("/v1/completions", {"prompt": "a", "seed": 2**64 - 1})
+    assert known_item5_failure("/v1/completions", {"prompt": "a", "top_p": 1e-300, "temperature": 1})
+    assert not known_item5_failure("/v1/completions", {"prompt": "a", "top_p": 1e-300})
+    assert not known_item5_failure("/v1/completions", {"prompt": "a", "top_p": 1e-40, "temperature": 1})
+    text = {"role": "user", "content": [{"type": "text", "text": 3}]}
+    assert known_item5_failure("/v1/chat/completions", {"messages": [text]})
+    assert not known_item5_failure("/v1/chat/completions", {"messages": [{**text, "content": [{"type": "text"}]}]})
