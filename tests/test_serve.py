@@ -435,6 +435,8 @@ def test_the_openapi_document_lists_every_status_with_the_error_body(local):
     assert data[0] == {"const": "[DONE]"} and data[1]["contentSchema"]["anyOf"] == [
         {"$ref": "#/components/schemas/CompletionChunk"}, {"$ref": "#/components/schemas/ErrorBody"}]
     assert {"CompletionChunk", "ChatCompletionChunk", "PieceInfo"} <= set(schema["components"]["schemas"])
+    budget = schema["components"]["schemas"]["ChatCompletionRequest"]["properties"]["max_completion_tokens"]
+    assert budget["anyOf"][0] == {"type": "integer", "maximum": ServerSettings().max_tokens_limit}
     page = operations[("/", "get")]["responses"]["200"]["content"]
     assert set(page) == {"text/html"}
     error = schema["components"]["schemas"]["ErrorDetail"]["properties"]

@@ -17,7 +17,7 @@ from starlette.exceptions import HTTPException
 from nudging.errors import NudgingError
 from nudging.serve import serving
 from nudging.serve.errors import BodyTooLarge, InvalidRequest, LengthRequired, ServeError, Unauthorized, problem
-from nudging.serve.openapi import GUARDED, POSTED, documented, generation, with_chunk_schemas
+from nudging.serve.openapi import GUARDED, POSTED, completed, documented, generation
 from nudging.serve.protocol import (
     ChatCompletionChunk, ChatCompletionRequest, ChatCompletionResponse, CompletionChunk, CompletionRequest,
     CompletionResponse, Health, ModelList, TokenizeRequest, TokenizeResponse,
@@ -32,7 +32,7 @@ Next = Callable[[Request], Awaitable[Response]]
 
 def create_app(service: Service, settings: ServerSettings) -> FastAPI:
     app = FastAPI(title="nudging", docs_url=None, redoc_url=None)
-    app.openapi = with_chunk_schemas(app)  # type: ignore[method-assign]
+    app.openapi = completed(app, settings)  # type: ignore[method-assign]
     for kind in (ServeError, NudgingError, RequestValidationError, HTTPException, Exception):
         app.add_exception_handler(kind, error_response)
     app.middleware("http")(_guard(settings))

@@ -1,5 +1,6 @@
 """The server's OpenAPI document: the responses each route declares (its answer, streamed or not, and every error
-status it can send, with OpenAI's error body), and the chunk schemas the streamed answers refer to."""
+status it can send, with OpenAI's error body), the chunk schemas the streamed answers refer to, and the server's
+own limit on max_tokens."""
 
 from __future__ import annotations
 
@@ -9,7 +10,10 @@ from fastapi import FastAPI
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
-from nudging.serve.protocol import ChatCompletionChunk, CompletionChunk, ErrorBody
+from nudging.config import ServerSettings
+from nudging.serve.protocol import (
+    ChatCompletionChunk, ChatCompletionRequest, CompletionChunk, CompletionRequest, ErrorBody,
+)
 
 Responses = dict[int | str, dict[str, Any]]
 SCHEMAS = "#/components/schemas/"
@@ -58,9 +62,9 @@ def generation(answer: type[BaseModel], chunk: type[BaseModel]) -> Responses:
     return {200: ok, **documented(*GENERATES)}
 
 
-def with_chunk_schemas(app: FastAPI) -> Callable[[], dict[str, Any]]:
-    """app.openapi, with the schemas of the streamed chunks added to the document's components (no route returns
-    them as a model, so FastAPI leaves them out)."""
+def completed(app: FastAPI, settings: ServerSettings) -> Callable[[], dict[str, Any]]:
+    """app.openapi, with what FastAPI cannot see added: the schemas of the streamed chunks (no route returns them
+    as a model) and this server's limit on max_tokens."""
     build = app.openapi
 
     def openapi() -> dict[str, Any]:
@@ -72,6 +76,11 @@ def with_chunk_schemas(app: FastAPI) -> Callable[[], dict[str, Any]]:
                                        ref_template=SCHEMAS + "{model}")
         for name, schema in chunks["$defs"].items():
             schemas.setdefault(name, schema)
+        for request in (CompletionRequest, ChatCompletionRequest):
+            for name in ("max_tokens", "max_completion_tokens"):
+                for branch in schemas[request.__name__]["properties"].get(name, {}).get("anyOf", []):
+                    if branch.get("type") == "integer":
+                        branch["maximum"] = settings.max_tokens_limit
         return document
 
     return openapi
