@@ -293,12 +293,19 @@ def test_health_counts_real_disconnects_only(server):
             refused.append(post(server, COMPLETIONS, {"prompt": "hi", "max_tokens": 2, "stream": stream}).status_code)
         refused.append(post(server, COMPLETIONS, {"prompt": "hi", "seed": 2**70}).status_code)  # a bad request
         assert health(server)["stopped_by_disconnect"] == before
-    # leaving mid-stream is a disconnect
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline and health(server)["stopped_by_disconnect"] == before:
-        time.sleep(0.1)
     assert refused == [429, 429, 429, 422]
-    assert health(server)["stopped_by_disconnect"] == before + 1
+    wait_for_count(server, before + 1)  # leaving mid-stream is a disconnect
+    with pytest.raises(httpx.TimeoutException):  # and so is giving up on a plain request
+        httpx.post(server + COMPLETIONS, json={**long, "stream": False}, timeout=0.5)
+    wait_for_count(server, before + 2)
+    assert health(server)["running"] == 0  # both generations were stopped
+
+
+def wait_for_count(url: str, count: int) -> None:
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and health(url)["stopped_by_disconnect"] < count:
+        time.sleep(0.1)
+    assert health(url)["stopped_by_disconnect"] == count
 
 
 @pytest.fixture(scope="module")

@@ -312,15 +312,23 @@ async def _collect(service: Service, pieces: AsyncIterator[Span | Finished], req
                 return item
         raise RuntimeError("generation ended without a result")
 
-    task = asyncio.ensure_future(drain())
-    while not task.done():
-        await asyncio.wait({task}, timeout=0.25)
-        if not task.done() and await request.is_disconnected():
-            task.cancel()
-            await asyncio.wait({task})  # the cancelled drain closes the pieces, which stops the generation
-            await pieces.aclose()
-            service.client_left()
-            raise ClientClosed("client closed the request")
+    async def client_gone() -> None:
+        # Wait for the disconnect message, as a streamed response does: `request.is_disconnected()` never sees
+        # one through the HTTP middleware (its receive is wrapped in a task group that a cancelled scope ends).
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    task, gone = asyncio.ensure_future(drain()), asyncio.ensure_future(client_gone())
+    try:
+        await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+    if not task.done():
+        task.cancel()
+        await asyncio.wait({task})  # the cancelled drain closes the pieces, which stops the generation
+        await pieces.aclose()
+        service.client_left()
+        raise ClientClosed("client closed the request")
     return task.result()
 
 
