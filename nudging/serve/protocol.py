@@ -25,17 +25,18 @@ def _omitted_if_none(**kwargs: Any) -> Any:
     return Field(default=None, exclude_if=lambda value: value is None, **kwargs)
 
 
-def _check(build: Callable[..., object], **values: object) -> object:
+def _check(build: Callable[..., object], **values: object) -> None:
     """Call `build` (a config dataclass, a check) with `values`: its own validation decides what is valid."""
     try:
-        return build(**values)
+        build(**values)
     except InvalidArgumentError as error:
         raise PydanticCustomError("invalid_value", "{reason}", {"reason": str(error)}) from None
 
 
 def _text(value: str) -> str:
     """A text the models read: valid Unicode (the field's name leads the error message)."""
-    return _check(check_unicode, text=value, what="the text")  # type: ignore[return-value]
+    _check(check_unicode, text=value, what="the text")
+    return value
 
 
 # --- requests ------------------------------------------------------------------------------------------------
