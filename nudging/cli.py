@@ -16,7 +16,7 @@ from nudging.evals import cli_eval
 from nudging.evals.tasks import TASK_NAMES
 from nudging.methods import MODES
 from nudging.result import GenerationResult
-from nudging.text import Span
+from nudging.text import Span, check_unicode
 
 NUDGER_STYLE = "bold magenta"
 
@@ -107,7 +107,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    questions = list(args.question)
+    questions = [check_unicode(question, "QUESTION") for question in args.question]
+    for flag in ("base_prompt", "nudger_prompt", "system"):
+        if getattr(args, flag) is not None:
+            check_unicode(getattr(args, flag), f"--{flag.replace('_', '-')}")
     if args.prompts:
         questions += prompts.read_prompts(args.prompts)
     if len(questions) > 1 or args.prompts:

@@ -10,6 +10,7 @@ from nudging.errors import InvalidArgumentError
 
 BATCH_SIZE = 16  # generations answered at once by default (generate_batch, --batch-size)
 MAX_LOOKAHEAD = 256  # tokens per lookahead at most: the nudger writes words, not whole answers, per round
+SEED_RANGE = (-(2**63), 2**63 - 1)  # a signed 64-bit integer, as torch and OpenAI-compatible servers (vLLM) take
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,10 @@ class SamplingConfig:
             raise InvalidArgumentError(f"temperature must be a number >= 0, got {self.temperature!r}")
         if not isinstance(self.top_p, (int, float)) or not 0.0 < self.top_p <= 1.0:  # also rejects NaN
             raise InvalidArgumentError(f"top_p must be in (0, 1], got {self.top_p!r}")
+        low, high = SEED_RANGE
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)
+                                      or not low <= self.seed <= high):
+            raise InvalidArgumentError(f"seed must be an integer from -2**63 to 2**63 - 1, got {self.seed!r}")
 
     @property
     def greedy(self) -> bool:

@@ -19,6 +19,7 @@ from nudging.backends.remote.spec import is_remote
 from nudging.config import BaselineConfig, NudgingConfig, SamplingConfig
 from nudging.errors import InvalidArgumentError
 from nudging.methods import METHODS, ROLES, fitting, method_named, roles_for, unfit_error
+from nudging.text import check_unicode
 
 AUTO = "auto"
 
@@ -102,6 +103,10 @@ class LoadSpec:
             method_named(name)
         built = {name: kind(**parts[name]) for kind, name in owners.items()}
         return cls(**built, **top, gamma_auto=auto, methods=chosen)
+
+    def __post_init__(self) -> None:
+        if self.system is not None:
+            check_unicode(self.system, "the system text")
 
     def sampling(self, role: str) -> SamplingConfig | None:
         return self.base_sampling if role == "base" else self.nudger_sampling

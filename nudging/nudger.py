@@ -15,7 +15,7 @@ from nudging.errors import InvalidArgumentError
 from nudging.methods import MODES, ROLES, Call, Method, check_fits, method_named
 from nudging.pool import LanePool
 from nudging.result import GenerationResult, stats_of
-from nudging.text import Span, merge_spans
+from nudging.text import Span, check_unicode, merge_spans
 
 Mode = Literal["nudging", "base", "nudger", "proxy-tuning", "ensemble", "ensemble-text", "in-context"]
 __all__ = ["MODES", "Mode", "Nudger"]
@@ -183,8 +183,12 @@ def _prompts(nudger: Nudger, question: str | None, base_prompt: str | None, nudg
     """The base and nudger prompts of one generation: raw prompts as given, else built from the question."""
     if question is None and base_prompt is None and nudger_prompt is None:
         raise InvalidArgumentError("give a question, or raw prompts (base_prompt and nudger_prompt)")
-    if question is not None and not isinstance(question, str):
-        raise InvalidArgumentError(f"question must be a string, got {type(question).__name__}")
+    texts = {"question": question, "base_prompt": base_prompt, "nudger_prompt": nudger_prompt, "system": system}
+    for name, text in texts.items():
+        if text is not None and not isinstance(text, str):
+            raise InvalidArgumentError(f"{name} must be a string, got {type(text).__name__}")
+        if text is not None:
+            check_unicode(text, name)
     default_base, default_nudger = nudger.prompts_for(question, system) if question is not None else ("", "")
     if question is not None and method.base_prompt is not None:
         default_base = method.base_prompt(question, nudger.system if system is None else system)

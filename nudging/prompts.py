@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from nudging.errors import InvalidArgumentError
+from nudging.text import check_unicode
 
 DEFAULT_ANSWER_PREFIX = "Answer:\n"
 
@@ -112,8 +113,13 @@ def read_prompts(path: str) -> list[str]:
     file = Path(path)
     if not file.is_file():
         raise InvalidArgumentError(f"--prompts: no such file {path}")
+    try:
+        lines = file.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as error:
+        raise InvalidArgumentError(f"--prompts: {path} is not UTF-8 text (byte 0x{error.object[error.start]:02X} at "
+                                   f"offset {error.start})") from None
     prompts = []
-    for number, line in enumerate(file.read_text(encoding="utf-8").splitlines(), 1):
+    for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
         if line.lstrip().startswith("{"):
@@ -124,7 +130,7 @@ def read_prompts(path: str) -> list[str]:
             text = record.get("question", record.get("prompt"))
             if not isinstance(text, str):
                 raise InvalidArgumentError(f"--prompts: line {number} of {path} has no 'question' string")
-            prompts.append(text)
+            prompts.append(check_unicode(text, f"--prompts: line {number} of {path}"))
         else:
             prompts.append(line.strip())
     if not prompts:

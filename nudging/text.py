@@ -1,4 +1,5 @@
-"""Text helpers shared by the engine and the reports: word splitting and spans."""
+"""Text helpers shared by the engine and the reports: word splitting, spans, and the check that text is valid
+Unicode (where user text enters: the command line, files, requests, the Python API)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,23 @@ import re
 from dataclasses import dataclass
 from typing import Iterable, Literal
 
+from nudging.errors import InvalidArgumentError
+
 Source = Literal["base", "nudger"]
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def check_unicode(text: str, what: str) -> str:
+    """`text` if it is valid Unicode, else one clear error naming `what` and where: a lone surrogate (from a JSON
+    escape such as \\ud800, or a byte that is not UTF-8 on the command line) cannot be tokenized or written."""
+    found = _SURROGATE.search(text)
+    if found is None:
+        return text
+    code = ord(found.group())
+    # Python reads a byte that is not UTF-8 in a command line or file name as U+DC80..U+DCFF (surrogateescape)
+    kind = f"a byte that is not UTF-8 (0x{code - 0xDC00:02X})" if 0xDC80 <= code <= 0xDCFF else \
+        f"a lone surrogate (U+{code:04X})"
+    raise InvalidArgumentError(f"{what} is not valid Unicode: {kind} at character {found.start() + 1}")
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Iterator, Protocol, Sequence
 
 from nudging.config import SamplingConfig
-from nudging.errors import PromptTooLongError
+from nudging.errors import InvalidArgumentError, PromptTooLongError
 
 
 @dataclass(frozen=True)
@@ -80,6 +80,17 @@ def best_strings(candidates: Iterable[tuple[str, float]], top_k: int) -> tuple[t
     return tuple(sorted(best.items(), key=lambda item: item[1], reverse=True)[:top_k])
 
 
+def start_ids(tokenizer: Any, label: str) -> list[int]:
+    """Where a run on an empty prompt starts: at the beginning of a document, as OpenAI's completions read an
+    empty prompt. That is the tokenizer's BOS token, or for a tokenizer without one its EOS token, which ends
+    the previous document (GPT-2's <|endoftext|> is both)."""
+    for token in (getattr(tokenizer, "bos_token_id", None), getattr(tokenizer, "eos_token_id", None)):
+        if token is not None:
+            return [int(token)]
+    raise InvalidArgumentError(f"the prompt is empty, and {label}'s tokenizer has no BOS or EOS token to start "
+                               "from: give a prompt")
+
+
 class TokenizedModel:
     """Text <-> ids with the model's own tokenizer (held locally also for a remote model)."""
 
@@ -92,8 +103,9 @@ class TokenizedModel:
         return self.name
 
     def tokenize(self, text: str) -> list[int]:
-        """Canonical tokenization that starts a run: the tokenizer's default special tokens included."""
-        return list(self.tokenizer(text)["input_ids"])
+        """Canonical tokenization that starts a run: the tokenizer's default special tokens included. Text that
+        gives no token at all (an empty prompt, on a tokenizer that adds no BOS) starts from `start_ids`."""
+        return list(self.tokenizer(text)["input_ids"]) or start_ids(self.tokenizer, self.label)
 
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])

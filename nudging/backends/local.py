@@ -91,13 +91,13 @@ class Sampler:
     def __call__(self, logits: torch.Tensor) -> int:
         if self.settings.greedy:
             return int(torch.argmax(logits))
-        scaled = logits / self.settings.temperature
-        if not torch.isfinite(scaled.max()):  # a temperature so small the division overflows: its limit, argmax
-            return int(torch.argmax(logits))
-        probs = torch.softmax(scaled, dim=-1).cpu()
+        # In float64 and from the top logit down, so that a tiny temperature gives 0 and -inf, never inf - inf.
+        shifted = logits.double().cpu() - logits.max().double().cpu()
+        probs = torch.softmax(shifted / self.settings.temperature, dim=-1)
         if self.settings.top_p < 1.0:
             sorted_probs, order = torch.sort(probs, descending=True)
             outside = torch.cumsum(sorted_probs, dim=-1) - sorted_probs >= self.settings.top_p
+            outside[0] = False  # the most likely token always stays, however small top_p is
             sorted_probs[outside] = 0.0
             return int(order[torch.multinomial(sorted_probs, 1, generator=self._generator)])
         return int(torch.multinomial(probs, 1, generator=self._generator))

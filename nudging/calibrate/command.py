@@ -16,6 +16,7 @@ from nudging.calibrate.plot import draw
 from nudging.commands import at_least, eval_request, load_nudger, load_spec, parse_data
 from nudging.config import BATCH_SIZE
 from nudging.errors import InvalidArgumentError
+from nudging.evals import store
 from nudging.loading import AUTO
 
 DEFAULT_GRID = (0.1, 0.2, 0.3, 0.4, 0.5)
@@ -98,8 +99,7 @@ def main(args: argparse.Namespace) -> int:
     questions, system, described = questions_for(args)
     if not questions:
         raise InvalidArgumentError("no questions to calibrate on")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = store.make_folder(Path(args.out), "--out")
     spec = load_spec(args, args.max_new_tokens, "nudging")
     pair = spec.models
     nudger = load_nudger(args, spec=spec)

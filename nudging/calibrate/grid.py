@@ -8,7 +8,7 @@ import random
 from dataclasses import asdict, dataclass, replace
 from typing import Callable, Sequence
 
-from nudging.evals import report, runner, store
+from nudging.evals import report, results, runner
 from nudging.nudger import Nudger
 
 BOOTSTRAP_SAMPLES = 1000
@@ -60,10 +60,10 @@ def run_grid(
         show = None if on_progress is None else (
             lambda label, *counts, gamma=gamma: on_progress(f"{label} gamma={gamma:g}", *counts))
         [path] = runner.run(request_g, on_progress=show, warn=warn, loaded=nudger)
-        results = list(store.read_rows(path))
-        verdicts[gamma] = {row["id"]: bool(report.verdict(row)) for row in results}
-        settings = json.loads(path.with_suffix(".json").read_text(encoding="utf-8"))
-        [summary] = report.summarize([(settings, results)])  # as `nudging eval` tables it
+        answers = list(results.read_rows(path, lambda _: None, ""))  # runner.run warned of the lines left out
+        verdicts[gamma] = {row["id"]: bool(report.verdict(row)) for row in answers}
+        settings = json.loads(path.with_suffix(".json").read_text(encoding="utf-8"))  # just written by the run
+        [summary] = report.summarize([(settings, answers)])  # as `nudging eval` tables it
         rows.append(GridRow(gamma, summary.items, summary.correct, summary.accuracy, summary.ci_low, summary.ci_high,
                             summary.nudged_word_fraction or 0.0))
     ids = sorted(set.intersection(*(set(v) for v in verdicts.values())))

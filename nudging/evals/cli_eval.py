@@ -7,7 +7,7 @@ from pathlib import Path
 
 from nudging.commands import at_least, chosen_methods, eval_request, load_nudger, parse_data
 from nudging.errors import InvalidArgumentError
-from nudging.evals import report, runner
+from nudging.evals import report, runner, store
 from nudging.evals.judge import Judge
 from nudging.evals.progress import progress_bars
 from nudging.loading import AUTO
@@ -22,7 +22,7 @@ def request_from(args: argparse.Namespace, warn=print) -> runner.EvalRequest:
     if args.judge_url or args.judge_model:
         if not (args.judge_url and args.judge_model):
             raise InvalidArgumentError("LLM-judge scoring needs both --judge-url and --judge-model")
-        out.mkdir(parents=True, exist_ok=True)
+        store.make_folder(out, "--out")
         judge = Judge(args.judge_url, args.judge_model, out / "judge_cache.jsonl")
     methods, skipped = chosen_methods(args.method, args, DEFAULT_METHODS)
     for method, reason in skipped.items():
@@ -39,10 +39,11 @@ def main(args: argparse.Namespace) -> int:
     from rich.markdown import Markdown
 
     console = Console(stderr=True)
+    warn = lambda message: console.print(f"warning: {message}", style="yellow", markup=False, soft_wrap=True)
     if args.report is not None:
         folder = Path(args.out if args.report is True else args.report)
     else:
-        request = request_from(args, warn=lambda m: console.print(f"warning: {m}", style="yellow"))
+        request = request_from(args, warn=warn)
         loaded = None
         if args.gamma == AUTO and "nudging" in request.methods:
             runner.check_request(request)
@@ -50,7 +51,7 @@ def main(args: argparse.Namespace) -> int:
             request.gamma = loaded.config.gamma
         _run_with_progress(request, console, loaded)
         folder = request.out
-    _, files = report.build(folder)
+    _, files = report.build(folder, warn)
     Console().print(Markdown(files["markdown"].read_text(encoding="utf-8")))
     console.print(f"wrote {files['markdown']}, {files['csv']}, {files['chart']}", style="dim")
     return 0

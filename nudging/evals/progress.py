@@ -31,7 +31,7 @@ def progress_bars(console) -> Iterator[tuple[runner.Progress, Callable[[str], No
         progress.update(bars[label], completed=done, total=total, accuracy=accuracy)
 
     try:
-        yield show, lambda m: progress.console.print(f"warning: {m}", style="yellow")
+        yield show, lambda m: progress.console.print(f"warning: {m}", style="yellow", markup=False, soft_wrap=True)
     finally:
         if bars:
             progress.stop()

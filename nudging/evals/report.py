@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import csv
-import json
 import math
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from nudging.errors import InvalidArgumentError
-from nudging.evals import scoring, store
+from nudging.evals import results, scoring
 from nudging.evals.tasks import TASK_NAMES
 
 METHOD_ORDER = ("base", "in-context", "nudger", "proxy-tuning", "ensemble", "ensemble-text", "nudging")
@@ -57,17 +57,23 @@ def verdict(row: dict[str, Any]) -> bool | None:
     return scoring.is_correct(row["kind"], extracted, row["gold"])
 
 
-def load_runs(folder: Path) -> list[tuple[dict[str, Any], list[dict[str, Any]]]]:
-    """(settings, rows) for every result file in a folder."""
+def load_runs(folder: Path, warn: results.Warn | None = None) -> list[tuple[dict[str, Any], list[dict[str, Any]]]]:
+    """(settings, rows) for every result file in a folder; a broken settings file or row is left out with a
+    warning."""
     if not folder.is_dir():
         raise InvalidArgumentError(f"--report: {folder} is not a folder")
+    warn = warn or (lambda message: print(f"nudging: warning: {message}", file=sys.stderr))
     runs = []
     for path in sorted(folder.glob("*.jsonl")):
         meta_path = path.with_suffix(".json")
         if not meta_path.is_file() or path.name == "judge_cache.jsonl":
             continue
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        rows = list(store.read_rows(path))
+        meta, reason = results.read_settings(meta_path)
+        if meta is None:
+            warn(f"{meta_path}: {reason}; its results are left out (rerunning `nudging eval` with the same "
+                 "options rewrites it)")
+            continue
+        rows = list(results.read_rows(path, warn, "left out of the report"))
         if rows:
             runs.append((meta, rows))
     if not runs:
@@ -254,9 +260,9 @@ def chart(summaries: list[Summary], path: Path) -> None:
     plt.close(figure)
 
 
-def build(folder: Path) -> tuple[list[Summary], dict[str, Path]]:
+def build(folder: Path, warn: results.Warn | None = None) -> tuple[list[Summary], dict[str, Path]]:
     """Write summary.md, summary.csv and summary.png into the folder from its result files."""
-    summaries = summarize(load_runs(folder))
+    summaries = summarize(load_runs(folder, warn))
     files = {"markdown": folder / "summary.md", "csv": folder / "summary.csv", "chart": folder / "summary.png"}
     files["markdown"].write_text(markdown(summaries), encoding="utf-8")
     write_csv(summaries, files["csv"])

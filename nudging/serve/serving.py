@@ -95,7 +95,7 @@ class Service:
         self.capacity = replicas + queue
         self.admitted = 0  # running or waiting
         self.running = 0
-        self.client_gone = 0  # generations stopped because their client went away
+        self.client_gone = 0  # generations stopped because their client went away (not refused, not failed)
         self._counts = threading.Lock()
 
     @property
@@ -105,7 +105,6 @@ class Service:
     async def generate(self, job: Job) -> AsyncIterator[Span | Finished]:
         """Yield the pieces a client may see, then one Finished. Closing the iterator stops the generation."""
         scanner = StopScanner(job.stops)
-        finished = False
         cancelled = threading.Event()
         sampling = {"base": job.sampling, "nudger": job.sampling}
 
@@ -117,7 +116,6 @@ class Service:
             ))
 
         items = self.threaded(work, cancelled)
-        failed = False
         try:
             async for item in items:
                 if isinstance(item, Span):
@@ -128,15 +126,9 @@ class Service:
                 elif isinstance(item, GenerationResult):
                     for piece in scanner.flush():
                         yield piece
-                    finished = True
                     yield _finished(_cut(item.spans, scanner.sent), item, scanner.stopped)
                     return
-        except Exception:
-            failed = True
-            raise
         finally:
-            if not (finished or failed or scanner.stopped):  # closed early: the client went away
-                self.client_gone += 1
             await items.aclose()
 
     async def threaded(self, work: Work, cancelled: threading.Event | None = None) -> AsyncIterator[object]:
@@ -191,6 +183,11 @@ class Service:
                 work(replica, put, cancelled)
             finally:
                 self._count(running=-1)
+
+    def client_left(self) -> None:
+        """A client went away before its answer was complete (its generation is stopped by closing it)."""
+        with self._counts:
+            self.client_gone += 1
 
     def _admit(self) -> None:
         with self._counts:
@@ -297,7 +294,7 @@ async def _respond(service: Service, settings: ServerSettings, job: Job, body: A
         first = await anext(pieces)  # an error before the first piece still gets its status line
         return StreamingResponse(_events(first, pieces, frame, chat, body.include_usage, service, job),
                                  media_type="text/event-stream")
-    finished = await _collect(pieces, request)
+    finished = await _collect(service, pieces, request)
     usage = _usage(service, job, finished)
     if chat:
         choice = ChatChoice(message=AssistantMessage(content=finished.text), finish_reason=finished.finish_reason)
@@ -307,7 +304,7 @@ async def _respond(service: Service, settings: ServerSettings, job: Job, body: A
     return json_response(CompletionResponse(**frame, choices=[plain], usage=usage, nudging=finished.nudging_info()))
 
 
-async def _collect(pieces: AsyncIterator[Span | Finished], request: Request) -> Finished:
+async def _collect(service: Service, pieces: AsyncIterator[Span | Finished], request: Request) -> Finished:
     """Run to the end, but stop the generation if the client disconnects while waiting."""
     async def drain() -> Finished:
         async for item in pieces:
@@ -315,14 +312,23 @@ async def _collect(pieces: AsyncIterator[Span | Finished], request: Request) -> 
                 return item
         raise RuntimeError("generation ended without a result")
 
-    task = asyncio.ensure_future(drain())
-    while not task.done():
-        await asyncio.wait({task}, timeout=0.25)
-        if not task.done() and await request.is_disconnected():
-            task.cancel()
-            await asyncio.wait({task})  # the cancelled drain closes the pieces, which stops the generation
-            await pieces.aclose()
-            raise ClientClosed("client closed the request")
+    async def client_gone() -> None:
+        # Wait for the disconnect message, as a streamed response does: `request.is_disconnected()` never sees
+        # one through the HTTP middleware (its receive is wrapped in a task group that a cancelled scope ends).
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    task, gone = asyncio.ensure_future(drain()), asyncio.ensure_future(client_gone())
+    try:
+        await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+    if not task.done():
+        task.cancel()
+        await asyncio.wait({task})  # the cancelled drain closes the pieces, which stops the generation
+        await pieces.aclose()
+        service.client_left()
+        raise ClientClosed("client closed the request")
     return task.result()
 
 
@@ -340,6 +346,9 @@ async def _events(first: Span | Finished, pieces: AsyncIterator[Span | Finished]
             yield sse(chunk_type(**frame, choices=[], usage=_usage(service, job, item)))
     except Exception as error:  # the status line is gone: report in the stream
         yield error_event(error)
+    except (GeneratorExit, asyncio.CancelledError):  # the response was closed before its end: the client left
+        service.client_left()
+        raise
     finally:
         await pieces.aclose()  # a client that went away stops its generation here
     yield DONE
@@ -415,6 +424,9 @@ async def _scored_events(service: Service, settings: ServerSettings, job: Job, t
         yield sse(CompletionChunk(**frame, choices=[last]))
     except Exception as error:  # the status line is gone: report in the stream
         yield error_event(error)
+    except (GeneratorExit, asyncio.CancelledError):  # the response was closed before its end: the client left
+        service.client_left()
+        raise
     finally:
         await items.aclose()
     yield DONE
