@@ -1,7 +1,9 @@
 """A plain reference of NUDGING_SPEC.md: no cache, a full forward pass per query, whole-run decoding.
 
 It shares no code with the engine on purpose (only the tokenizers and models), so the cached engine can be
-checked against it. `events` records which branch each decision took, so tests can show every branch ran.
+checked against it. `events` records which branch each decision took, so tests can show every branch ran, and
+`margin` how close the closest decision came to flipping (a top-1 probability against gamma, or the two most
+likely tokens against each other), so a fuzzer can set aside cases that float rounding could decide.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ REPLACEMENT = "\ufffd"
 
 
 class ContextFull(Exception):
-    pass
+    """args[0]: the RefModel whose context the run no longer fits."""
 
 
 class RefModel:
@@ -24,16 +26,19 @@ class RefModel:
         configured = [] if configured is None else [configured] if isinstance(configured, int) else list(configured)
         self.eos = set(configured) | ({tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set())
         self.context = model.config.max_position_embeddings
+        self.closest = float("inf")  # the smallest gap between the two most likely tokens of any top1 so far
 
     def tokens(self, text: str) -> list[int]:
         return list(self.tokenizer(text)["input_ids"])
 
     def top1(self, ids: list[int]) -> tuple[int, float]:
         if len(ids) > self.context:
-            raise ContextFull
+            raise ContextFull(self)
         with torch.no_grad():
             logits = self.model(input_ids=torch.tensor([ids]), logits_to_keep=1).logits[0, -1].float()
         probs = torch.softmax(logits, dim=-1)
+        first, second = torch.topk(probs, 2).values.tolist()
+        self.closest = min(self.closest, first - second)
         return int(torch.argmax(probs)), float(probs.max())
 
     def text(self, ids: list[int]) -> str:
@@ -49,13 +54,16 @@ class RefModel:
         assert after.startswith(before), (before, after)
         return after[len(before) :]
 
-    def greedy(self, text: str, n: int) -> tuple[str, bool]:
+    def greedy(self, text: str, n: int, events: list[str] | None = None) -> tuple[str, bool]:
         ids, out = self.tokens(text), ""
         for _ in range(n):
             token, _ = self.top1(ids)
             if token in self.eos:
                 return out, True
-            out += self.piece(ids, token)
+            piece = self.piece(ids, token)
+            if not piece and events is not None:
+                events.append("lookahead_piece_held")
+            out += piece
             ids.append(token)
         return out, False
 
@@ -66,6 +74,7 @@ class RefResult:
     spans: list[tuple[str, str]]
     stop_reason: str
     events: list[str] = field(default_factory=list)
+    margin: float = float("inf")
 
 
 def _merge(spans):
@@ -82,34 +91,52 @@ def _merge(spans):
 
 def reference_nudging(base: RefModel, nudger: RefModel, base_prompt, nudger_prompt, gamma, lookahead, budget):
     answer, spans, nudges, events = "", [], [], []
+    base.closest = nudger.closest = float("inf")
+    gamma_margin = float("inf")
 
     def finish(reason):
-        return RefResult(answer, _merge(spans), reason, events)
+        margin = min(gamma_margin, base.closest, nudger.closest)
+        return RefResult(answer, _merge(spans), reason, events, margin)
 
     def full():
         return len(base.tokenizer(answer, add_special_tokens=False)["input_ids"]) >= budget
 
     try:
         while True:
-            c, eos = nudger.greedy(nudger_prompt + answer, lookahead)
+            events.append("round")
+            c, eos = nudger.greedy(nudger_prompt + answer, lookahead, events)
             if eos:
+                events.append("nudger_eos_at_once" if not c else "nudger_eos_after_text")
                 answer += c
                 spans.append((c, "nudger"))
                 return finish("nudger_eos")
             lead = c[: len(c) - len(c.lstrip(" "))]
             words = c.lstrip(" ").split(" ")
+            if not c:
+                events.append("lookahead_empty")
+            elif not c.strip(" "):
+                events.append("lookahead_only_spaces")
+            elif len(words) == 1:
+                events.append("lookahead_one_word")
+            if lead and c.strip(" "):
+                events.append("lookahead_leading_spaces")
             nudge, takeover = None, None
             for i in range(1, len(words)):
                 if not words[i]:
+                    events.append("empty_word_skipped")
                     continue
                 ids = base.tokens(base_prompt + answer + lead + " ".join(words[:i]))
                 token, p = base.top1(ids)
+                if token not in base.eos:
+                    gamma_margin = min(gamma_margin, abs(p - gamma))
                 if token in base.eos:
                     events.append("takeover_by_eos")
                 elif p >= gamma:
                     events.append("takeover_confident")
-                elif (" " + words[i]).startswith(base.piece(ids, token)):
+                elif (" " + words[i]).startswith(piece := base.piece(ids, token)):
                     events.append("takeover_agrees")
+                    if not piece:
+                        events.append("empty_piece_agrees")
                 else:
                     events.append("word_accepted")
                     continue
@@ -124,32 +151,38 @@ def reference_nudging(base: RefModel, nudger: RefModel, base_prompt, nudger_prom
             answer += nudge
             spans.append((nudge, "nudger"))
             if full():
+                events.append("length_after_nudge")
                 return finish("length")
             if takeover is None:
                 continue
             ids, token = takeover
             while token not in base.eos:
                 piece = base.piece(ids, token)
+                if not piece:
+                    events.append("stage_piece_held")
                 ids = ids + [token]
                 answer += piece
                 spans.append((piece, "base"))
                 if full():
+                    events.append("length_in_base_stage")
                     return finish("length")
                 token, p = base.top1(ids)
+                gamma_margin = min(gamma_margin, abs(p - gamma))
                 if p < gamma:
                     events.append("base_stage_unsure")
                     break
             else:
                 events.append("base_stage_eos")
-    except ContextFull:
+    except ContextFull as full_context:
         events.append("context_full")
+        events.append("context_full_base" if full_context.args[0] is base else "context_full_nudger")
         return finish("length")
 
 
 # --- the paper's baselines, just as plainly ---------------------------------------------------------------------
 def _logprobs(model: RefModel, ids: list[int]) -> torch.Tensor:
     if len(ids) > model.context:
-        raise ContextFull
+        raise ContextFull(model)
     with torch.no_grad():
         logits = model.model(input_ids=torch.tensor([ids])).logits[0, -1].double()
     return torch.log_softmax(logits, dim=-1)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import itertools
+import re
 
 import pytest
 
 from nudging import Nudger
 from nudging.backends.local import LocalModel
 from reference import RefModel, reference_nudging
-from tiny import byte_level_tokenizer, local, metaspace_tokenizer, stuck_llama, tiny_llama
+from tiny import byte_level_tokenizer, local, metaspace_tokenizer, single_token, stuck_llama, tiny_llama
 
 PROMPTS = ["The cat reads the question", "Every student counts two numbers:"]
 SETTINGS = list(itertools.product([0.1, 0.4, 0.8], [1, 4, 16], [8, 48]))  # gamma, lookahead, budget
@@ -37,8 +38,8 @@ def _pairs(tokenizers):
         "meta-base/byte-nudger": (meta, tiny_llama(meta, seed=2), byte, tiny_llama(byte, seed=5, eos_logit_scale=1.4), False),
         # one set of weights, the base less sharp: the models agree, so the base takes over on agreement
         "agreeing": (byte, tiny_llama(byte, sharpness=6.0, **same_weights), byte, tiny_llama(byte, sharpness=25.0, **same_weights), True),
-        # a nudger that writes one token forever: the repetition guard
-        "stuck-nudger": (meta, tiny_llama(meta, seed=5), byte, stuck_llama(byte, byte.convert_tokens_to_ids("the")), False),
+        # a nudger that writes " the" forever: the base writes between its words, then the repetition guard
+        "stuck-nudger": (meta, tiny_llama(meta, seed=5), byte, stuck_llama(byte, single_token(byte, " the")), False),
         # a base with a 40-token context: generation ends when a run no longer fits
         "short-context": (byte, tiny_llama(byte, seed=6, max_positions=40), meta, tiny_llama(meta, seed=8), False),
     }
@@ -80,6 +81,13 @@ def test_grid_reaches_every_stop_reason_and_branch(outcomes):
     }, events
     sources = {span.source for *_, got in outcomes for span in got.spans}
     assert sources == {"base", "nudger"}
+    stuck = [(expected, got) for name, *_, expected, got in outcomes if name == "stuck-nudger"]
+    # the stuck nudger writes a real word, so the base writes between its words before the repetition guard ends it
+    assert all(re.fullmatch("( the)+", span.text) for _, got in stuck for span in got.spans if span.source == "nudger")
+    assert any(span.source == "base" for _, got in stuck for span in got.spans)
+    assert {expected.stop_reason for expected, _ in stuck} >= {"repetition"}
+    eos_pairs = {name for name, *_, expected, _ in outcomes if "takeover_by_eos" in expected.events}
+    assert len(eos_pairs) >= 2, eos_pairs
 
 
 def test_cache_is_reused(outcomes, tokenizers):
@@ -119,17 +127,36 @@ def test_base_verifies_the_lookahead_and_nudger_reuses_its_own(tokenizers):
         assert with_reuse[role]["forward_passes"] < without[role]["forward_passes"], (role, with_reuse, without)
 
 
+def _rounds(events: list[str]) -> list[list[str]]:
+    """The reference's events split into rounds (each round starts with a "round" event)."""
+    rounds: list[list[str]] = []
+    for event in events:
+        if event == "round":
+            rounds.append([])
+        else:
+            rounds[-1].append(event)
+    return rounds
+
+
 def test_the_trace_records_the_reference_decisions(outcomes):
-    """Each round's trace says what the spec's decisions were: boundaries checked and who took over."""
+    """Each round's trace says what the spec's decisions were: boundaries checked and who took over (a round
+    that ends the answer, at the nudger's EOS or the repetition guard, says "end")."""
     checks = {"takeover_by_eos", "takeover_confident", "takeover_agrees", "word_accepted"}
     for name, prompt, gamma, lookahead, budget, expected, got in outcomes:
         where = f"{name} prompt={prompt!r} gamma={gamma} L={lookahead} M={budget}"
-        trace = got.trace
+        trace, rounds = got.trace, _rounds(expected.events)
         assert got.stats.rounds == len(trace) and got.stats.word_checks == sum(r.boundaries_checked for r in trace)
-        assert sum(r.boundaries_checked for r in trace) == sum(e in checks for e in expected.events), where
-        assert sum(r.takeover == "eos" for r in trace) == expected.events.count("takeover_by_eos"), where
-        taken = sum(e.startswith("takeover_") for e in expected.events)
-        assert sum(r.takeover in ("base", "eos") for r in trace) == taken, where
-        assert all(r.stage_tokens == 0 for r in trace if r.takeover not in ("base",)), where
-        if got.stop_reason in ("nudger_eos", "repetition"):
-            assert trace[-1].takeover == "end", where
+        assert len(trace) == len(rounds), where
+        for number, (round_, events) in enumerate(zip(trace, rounds)):
+            at = f"{where} round {number}"
+            assert round_.boundaries_checked == sum(e in checks for e in events), at
+            if "takeover_by_eos" in events:
+                taken = "eos"
+            elif "takeover_confident" in events or "takeover_agrees" in events:
+                taken = "base"
+            else:
+                taken = "none"
+            ended = number == len(trace) - 1 and got.stop_reason in ("nudger_eos", "repetition")
+            assert round_.takeover == ("end" if ended else taken), at
+            if round_.takeover != "base":
+                assert round_.stage_tokens == 0, at
