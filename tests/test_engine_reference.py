@@ -9,8 +9,9 @@ import pytest
 
 from nudging import Nudger
 from nudging.backends.local import LocalModel
+from agreement import assert_same_answer, assert_trace_matches
 from reference import RefModel, reference_nudging
-from tiny import byte_level_tokenizer, local, metaspace_tokenizer, single_token, stuck_llama, tiny_llama
+from tiny import bigram_llama, byte_level_tokenizer, local, metaspace_tokenizer, single_token, stuck_llama, tiny_llama
 
 PROMPTS = ["The cat reads the question", "Every student counts two numbers:"]
 SETTINGS = list(itertools.product([0.1, 0.4, 0.8], [1, 4, 16], [8, 48]))  # gamma, lookahead, budget
@@ -65,10 +66,7 @@ def outcomes(tokenizers):
 
 def test_engine_matches_reference(outcomes):
     for name, prompt, gamma, lookahead, budget, expected, got in outcomes:
-        where = f"{name} prompt={prompt!r} gamma={gamma} L={lookahead} M={budget}"
-        assert got.text == expected.text, where
-        assert [(s.text, s.source) for s in got.spans] == expected.spans, where
-        assert got.stop_reason == expected.stop_reason, where
+        assert_same_answer(expected, got, f"{name} prompt={prompt!r} gamma={gamma} L={lookahead} M={budget}")
 
 
 def test_grid_reaches_every_stop_reason_and_branch(outcomes):
@@ -127,36 +125,34 @@ def test_base_verifies_the_lookahead_and_nudger_reuses_its_own(tokenizers):
         assert with_reuse[role]["forward_passes"] < without[role]["forward_passes"], (role, with_reuse, without)
 
 
-def _rounds(events: list[str]) -> list[list[str]]:
-    """The reference's events split into rounds (each round starts with a "round" event)."""
-    rounds: list[list[str]] = []
-    for event in events:
-        if event == "round":
-            rounds.append([])
-        else:
-            rounds[-1].append(event)
-    return rounds
-
-
 def test_the_trace_records_the_reference_decisions(outcomes):
-    """Each round's trace says what the spec's decisions were: boundaries checked and who took over (a round
-    that ends the answer, at the nudger's EOS or the repetition guard, says "end")."""
-    checks = {"takeover_by_eos", "takeover_confident", "takeover_agrees", "word_accepted"}
     for name, prompt, gamma, lookahead, budget, expected, got in outcomes:
-        where = f"{name} prompt={prompt!r} gamma={gamma} L={lookahead} M={budget}"
-        trace, rounds = got.trace, _rounds(expected.events)
-        assert got.stats.rounds == len(trace) and got.stats.word_checks == sum(r.boundaries_checked for r in trace)
-        assert len(trace) == len(rounds), where
-        for number, (round_, events) in enumerate(zip(trace, rounds)):
-            at = f"{where} round {number}"
-            assert round_.boundaries_checked == sum(e in checks for e in events), at
-            if "takeover_by_eos" in events:
-                taken = "eos"
-            elif "takeover_confident" in events or "takeover_agrees" in events:
-                taken = "base"
-            else:
-                taken = "none"
-            ended = number == len(trace) - 1 and got.stop_reason in ("nudger_eos", "repetition")
-            assert round_.takeover == ("end" if ended else taken), at
-            if round_.takeover != "base":
-                assert round_.stage_tokens == 0, at
+        assert_trace_matches(expected, got, f"{name} prompt={prompt!r} gamma={gamma} L={lookahead} M={budget}")
+
+
+def test_an_empty_piece_counts_as_agreement(tokenizers):
+    """NUDGING_SPEC.md, "An empty piece": at a word boundary the base's top token is the first byte of "é"
+    (probability 0.2, below gamma), whose piece is empty; `" " + W[i]` starts with it, so the base takes over,
+    appends that byte (no text yet) and then the byte that completes "é". The nudger writes " the" forever."""
+    byte, meta = tokenizers["byte"], tokenizers["meta"]
+    first, second = (meta.convert_tokens_to_ids(f"<0x{b:02X}>") for b in "é".encode())
+    base = bigram_llama(meta, {single_token(meta, " the"): {first: 0.2}, first: {second: 0.9}})
+    nudger = stuck_llama(byte, single_token(byte, " the"))
+    prompt = "The cat reads the question\n"
+    settings = dict(gamma=0.5, lookahead=3, budget=32)
+    expected = reference_nudging(RefModel(base, meta), RefModel(nudger, byte), prompt, prompt, **settings)
+    assert expected.text == " theé theé theé" and expected.stop_reason == "repetition"
+    assert expected.spans == [(" the", "nudger"), ("é", "base")] * 3
+    # four agreements (the fourth round's nudge then repeats the last three) and three stages
+    assert expected.events.count("empty_piece_agrees") == 4 and expected.events.count("stage_piece_held") == 3
+    got = Nudger(local(base, meta, "base"), local(nudger, byte, "nudger")).generate(
+        base_prompt=prompt, nudger_prompt=prompt, gamma=settings["gamma"], lookahead=settings["lookahead"],
+        max_new_tokens=settings["budget"])
+    assert_same_answer(expected, got, "empty piece")
+    assert_trace_matches(expected, got, "empty piece")
+
+
+def test_stuck_llama_refuses_a_token_that_is_not_one():
+    byte = byte_level_tokenizer()
+    with pytest.raises(ValueError, match="stuck_llama: token must be an id of the tokenizer .* got None"):
+        stuck_llama(byte, byte.convert_tokens_to_ids("the"))

@@ -87,7 +87,10 @@ def spacing_ids(tokenizer) -> list[int]:
                                                             for ch in text)
 
     special = set(tokenizer.all_special_ids)
-    return [i for i in range(len(tokenizer)) if i not in special and spacing(tokenizer.decode([i]))]
+    anchor = tokenizer("a", add_special_tokens=False)["input_ids"]  # a token's text after a letter (a metaspace
+    before = tokenizer.decode(anchor)  # decoder drops the leading space of a text's first token)
+    return [i for i in range(len(tokenizer))
+            if i not in special and spacing(tokenizer.decode(anchor + [i])[len(before) :])]
 
 
 def tiny_llama(
