@@ -12,17 +12,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from reference import RefModel
-from tiny import (bigram_llama, byte_level_tokenizer, lone_byte_ids, metaspace_tokenizer, single_token, spacing_ids, stuck_llama,
-                  tiny_llama)
 from nudging import LocalModel, Nudger
+
+from reference import RefModel
+from tiny import (bigram_llama, byte_level_tokenizer, lone_byte_ids, metaspace_tokenizer, single_token, spacing_ids,
+                  stuck_llama, tiny_llama)
 
 
 @dataclass
 class PoolModel:
     name: str
     tokenizer: Any
-    model: Any
     local: LocalModel
     reference: RefModel
 
@@ -70,7 +70,7 @@ class ModelPool:
         self.models: dict[str, PoolModel] = {}
         for name, (tokenizer, build) in _recipes(byte, meta).items():
             model = build()
-            self.models[name] = PoolModel(name, tokenizer, model, LocalModel(model, tokenizer, name=name),
+            self.models[name] = PoolModel(name, tokenizer, LocalModel(model, tokenizer, name=name),
                                           RefModel(model, tokenizer))
         self.bases = sorted(name for name in self.models if name.startswith("base"))
         self.nudgers = sorted(name for name in self.models if name.startswith("nudger"))
