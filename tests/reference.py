@@ -1,11 +1,14 @@
 """A plain reference of NUDGING_SPEC.md: no cache, a full forward pass per query, whole-run decoding.
 
 It shares no code with the engine on purpose (only the tokenizers and models), so the cached engine can be
-checked against it. `events` records which branch each decision took, so tests can show every branch ran.
+checked against it. `events` records which branch each decision took, so tests can show every branch ran, and
+`margin` how close the closest decision came to flipping (a top-1 probability against gamma, or the two most
+likely tokens against each other), so a fuzzer can set aside cases that float rounding could decide.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 import torch
@@ -14,7 +17,7 @@ REPLACEMENT = "\ufffd"
 
 
 class ContextFull(Exception):
-    pass
+    """args[0]: the RefModel whose context the run no longer fits."""
 
 
 class RefModel:
@@ -24,38 +27,49 @@ class RefModel:
         configured = [] if configured is None else [configured] if isinstance(configured, int) else list(configured)
         self.eos = set(configured) | ({tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set())
         self.context = model.config.max_position_embeddings
+        self.closest = float("inf")  # the smallest gap between the two most likely tokens of any top1 so far
+        self.rewrites = 0  # pieces after which the decoder had rewritten text it gave before
 
     def tokens(self, text: str) -> list[int]:
         return list(self.tokenizer(text)["input_ids"])
 
     def top1(self, ids: list[int]) -> tuple[int, float]:
         if len(ids) > self.context:
-            raise ContextFull
+            raise ContextFull(self)
         with torch.no_grad():
             logits = self.model(input_ids=torch.tensor([ids]), logits_to_keep=1).logits[0, -1].float()
         probs = torch.softmax(logits, dim=-1)
+        first, second = torch.topk(probs, 2).values.tolist()
+        self.closest = min(self.closest, first - second)
         return int(torch.argmax(probs)), float(probs.max())
 
-    def text(self, ids: list[int]) -> str:
-        """The run's text at its last token boundary where the decode ends on a whole character."""
-        for end in range(len(ids), -1, -1):
+    def text(self, ids: list[int], start: int) -> str:
+        """The run's text at its last token boundary where the decode ends on a whole character (a run that
+        started from ids[:start] starts from their decode, whatever it ends with)."""
+        for end in range(len(ids), start - 1, -1):
             decoded = self.tokenizer.decode(ids[:end], skip_special_tokens=False, clean_up_tokenization_spaces=False)
-            if not decoded.endswith(REPLACEMENT):
+            if end == start or not decoded.endswith(REPLACEMENT):
                 return decoded
         return ""
 
-    def piece(self, ids: list[int], token: int) -> str:
-        before, after = self.text(ids), self.text(ids + [token])
-        assert after.startswith(before), (before, after)
-        return after[len(before) :]
+    def piece(self, ids: list[int], token: int, start: int) -> str:
+        """What `token` adds to the text of the run `ids` (which started from ids[:start]): the new text after
+        its longest common prefix with the old one (a byte-fallback decoder may rewrite bytes it decoded)."""
+        before, after = self.text(ids, start), self.text(ids + [token], start)
+        self.rewrites += not after.startswith(before)
+        return after[len(os.path.commonprefix([before, after])) :]
 
-    def greedy(self, text: str, n: int) -> tuple[str, bool]:
+    def greedy(self, text: str, n: int, events: list[str] | None = None) -> tuple[str, bool]:
         ids, out = self.tokens(text), ""
+        start = len(ids)
         for _ in range(n):
             token, _ = self.top1(ids)
             if token in self.eos:
                 return out, True
-            out += self.piece(ids, token)
+            piece = self.piece(ids, token, start)
+            if not piece and events is not None:
+                events.append("lookahead_piece_held")
+            out += piece
             ids.append(token)
         return out, False
 
@@ -66,6 +80,18 @@ class RefResult:
     spans: list[tuple[str, str]]
     stop_reason: str
     events: list[str] = field(default_factory=list)
+    margin: float = float("inf")
+
+
+def split_rounds(events: list[str]) -> list[list[str]]:
+    """reference_nudging's events split into rounds (each round starts with a "round" event)."""
+    rounds: list[list[str]] = []
+    for event in events:
+        if event == "round":
+            rounds.append([])
+        else:
+            rounds[-1].append(event)
+    return rounds
 
 
 def _merge(spans):
@@ -82,38 +108,59 @@ def _merge(spans):
 
 def reference_nudging(base: RefModel, nudger: RefModel, base_prompt, nudger_prompt, gamma, lookahead, budget):
     answer, spans, nudges, events = "", [], [], []
+    base.closest = nudger.closest = float("inf")
+    base.rewrites = nudger.rewrites = 0
+    gamma_margin = float("inf")
 
     def finish(reason):
-        return RefResult(answer, _merge(spans), reason, events)
+        if base.rewrites or nudger.rewrites:
+            events.append("decoder_rewrote")
+        margin = min(gamma_margin, base.closest, nudger.closest)
+        return RefResult(answer, _merge(spans), reason, events, margin)
 
     def full():
         return len(base.tokenizer(answer, add_special_tokens=False)["input_ids"]) >= budget
 
     try:
         while True:
-            c, eos = nudger.greedy(nudger_prompt + answer, lookahead)
+            events.append("round")
+            c, eos = nudger.greedy(nudger_prompt + answer, lookahead, events)
             if eos:
+                events.append("nudger_eos_at_once" if not c else "nudger_eos_after_text")
                 answer += c
                 spans.append((c, "nudger"))
                 return finish("nudger_eos")
             lead = c[: len(c) - len(c.lstrip(" "))]
             words = c.lstrip(" ").split(" ")
+            if not c:
+                events.append("lookahead_empty")
+            elif not c.strip(" "):
+                events.append("lookahead_only_spaces")
+            elif len(words) == 1:
+                events.append("lookahead_one_word")
+            if lead and c.strip(" "):
+                events.append("lookahead_leading_spaces")
             nudge, takeover = None, None
             for i in range(1, len(words)):
                 if not words[i]:
+                    events.append("empty_word_skipped")
                     continue
                 ids = base.tokens(base_prompt + answer + lead + " ".join(words[:i]))
                 token, p = base.top1(ids)
+                if token not in base.eos:
+                    gamma_margin = min(gamma_margin, abs(p - gamma))
                 if token in base.eos:
                     events.append("takeover_by_eos")
                 elif p >= gamma:
                     events.append("takeover_confident")
-                elif (" " + words[i]).startswith(base.piece(ids, token)):
+                elif (" " + words[i]).startswith(piece := base.piece(ids, token, len(ids))):
                     events.append("takeover_agrees")
+                    if not piece:
+                        events.append("empty_piece_agrees")
                 else:
                     events.append("word_accepted")
                     continue
-                nudge, takeover = lead + " ".join(words[:i]), (ids, token)
+                nudge, takeover = lead + " ".join(words[:i]), (ids, len(ids), token)
                 break
             if nudge is None:
                 events.append("no_takeover")
@@ -124,32 +171,38 @@ def reference_nudging(base: RefModel, nudger: RefModel, base_prompt, nudger_prom
             answer += nudge
             spans.append((nudge, "nudger"))
             if full():
+                events.append("length_after_nudge")
                 return finish("length")
             if takeover is None:
                 continue
-            ids, token = takeover
+            ids, start, token = takeover
             while token not in base.eos:
-                piece = base.piece(ids, token)
+                piece = base.piece(ids, token, start)
+                if not piece:
+                    events.append("stage_piece_held")
                 ids = ids + [token]
                 answer += piece
                 spans.append((piece, "base"))
                 if full():
+                    events.append("length_in_base_stage")
                     return finish("length")
                 token, p = base.top1(ids)
+                gamma_margin = min(gamma_margin, abs(p - gamma))
                 if p < gamma:
                     events.append("base_stage_unsure")
                     break
             else:
                 events.append("base_stage_eos")
-    except ContextFull:
+    except ContextFull as full_context:
         events.append("context_full")
+        events.append("context_full_base" if full_context.args[0] is base else "context_full_nudger")
         return finish("length")
 
 
 # --- the paper's baselines, just as plainly ---------------------------------------------------------------------
 def _logprobs(model: RefModel, ids: list[int]) -> torch.Tensor:
     if len(ids) > model.context:
-        raise ContextFull
+        raise ContextFull(model)
     with torch.no_grad():
         logits = model.model(input_ids=torch.tensor([ids])).logits[0, -1].double()
     return torch.log_softmax(logits, dim=-1)
@@ -158,6 +211,7 @@ def _logprobs(model: RefModel, ids: list[int]) -> torch.Tensor:
 def reference_fused(models, prompts, method, budget, alpha=1.0, temperature=0.0, seed=0):
     """Proxy tuning (base, expert, anti-expert) or the ensemble (base, nudger) on full forward passes."""
     ids = [m.tokens(p) for m, p in zip(models, prompts)]
+    start = len(ids[0])
     eos = set().union(*(m.eos for m in models))
     generator = torch.Generator().manual_seed(seed)
     answer, spans = "", []
@@ -176,7 +230,7 @@ def reference_fused(models, prompts, method, budget, alpha=1.0, temperature=0.0,
                 token = int(torch.multinomial(torch.softmax(scores / temperature, dim=-1), 1, generator=generator))
             if token in eos:
                 return RefResult(answer, _merge(spans), "eos")
-            piece = models[0].piece(ids[0], token)
+            piece = models[0].piece(ids[0], token, start)
             spans.append((piece, "base" if token == int(torch.argmax(rows[0])) else "nudger"))
             answer += piece
             ids = [i + [token] for i in ids]
@@ -185,7 +239,7 @@ def reference_fused(models, prompts, method, budget, alpha=1.0, temperature=0.0,
     return RefResult(answer, _merge(spans), "length")
 
 
-def _top_strings(model: RefModel, ids: list[int], row: torch.Tensor, k: int) -> dict[str, float]:
+def _top_strings(model: RefModel, ids: list[int], start: int, row: torch.Tensor, k: int) -> dict[str, float]:
     """The k most likely next strings (EOS and empty pieces out, one entry per string at its highest)."""
     best: dict[str, float] = {}
     for token in torch.argsort(row, descending=True).tolist():
@@ -193,7 +247,7 @@ def _top_strings(model: RefModel, ids: list[int], row: torch.Tensor, k: int) -> 
             break
         if token in model.eos:
             continue
-        piece = model.piece(ids, token)
+        piece = model.piece(ids, token, start)
         if piece and piece not in best:
             best[piece] = float(torch.exp(row[token]))
     return best
@@ -208,14 +262,15 @@ def reference_text_ensemble(base: RefModel, nudger: RefModel, base_prompt, nudge
     try:
         while True:
             bids, nids = base.tokens(base_prompt + answer), nudger.tokens(nudger_prompt + answer)
+            bstart, nstart = len(bids), len(nids)
             while True:
                 brow, nrow = _logprobs(base, bids), _logprobs(nudger, nids)
                 bt, nt = int(torch.argmax(brow)), int(torch.argmax(nrow))
                 if nt in nudger.eos:
                     events.append("nudger_eos")
                     return RefResult(answer, _merge(spans), "eos", events)
-                bpiece = "" if bt in base.eos else base.piece(bids, bt)
-                npiece = nudger.piece(nids, nt)
+                bpiece = "" if bt in base.eos else base.piece(bids, bt, bstart)
+                npiece = nudger.piece(nids, nt, nstart)
                 if bt not in base.eos and bpiece and bpiece == npiece:
                     events.append("agree")
                     bids, nids = bids + [bt], nids + [nt]
@@ -226,12 +281,12 @@ def reference_text_ensemble(base: RefModel, nudger: RefModel, base_prompt, nudge
                     continue
                 if bt in base.eos:
                     events.append("base_eos")
-                    text = npiece or next(iter(_top_strings(nudger, nids, nrow, k)), "")
+                    text = npiece or next(iter(_top_strings(nudger, nids, nstart, nrow, k)), "")
                 else:
                     events.append("disagree")
                     totals: dict[str, float] = {}
-                    for model, ids, row in ((base, bids, brow), (nudger, nids, nrow)):
-                        for string, prob in _top_strings(model, ids, row, k).items():
+                    for model, ids, start, row in ((base, bids, bstart, brow), (nudger, nids, nstart, nrow)):
+                        for string, prob in _top_strings(model, ids, start, row, k).items():
                             totals[string] = totals.get(string, 0.0) + prob
                     text = max(totals.items(), key=lambda item: item[1])[0] if totals else (bpiece or npiece)
                     if text != bpiece:

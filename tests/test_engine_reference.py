@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import itertools
+import re
 
 import pytest
 
 from nudging import Nudger
 from nudging.backends.local import LocalModel
+from agreement import assert_same_answer, assert_trace_matches
 from reference import RefModel, reference_nudging
-from tiny import byte_level_tokenizer, local, metaspace_tokenizer, stuck_llama, tiny_llama
+from tiny import bigram_llama, byte_level_tokenizer, local, metaspace_tokenizer, single_token, stuck_llama, tiny_llama
 
 PROMPTS = ["The cat reads the question", "Every student counts two numbers:"]
 SETTINGS = list(itertools.product([0.1, 0.4, 0.8], [1, 4, 16], [8, 48]))  # gamma, lookahead, budget
@@ -37,8 +39,8 @@ def _pairs(tokenizers):
         "meta-base/byte-nudger": (meta, tiny_llama(meta, seed=2), byte, tiny_llama(byte, seed=5, eos_logit_scale=1.4), False),
         # one set of weights, the base less sharp: the models agree, so the base takes over on agreement
         "agreeing": (byte, tiny_llama(byte, sharpness=6.0, **same_weights), byte, tiny_llama(byte, sharpness=25.0, **same_weights), True),
-        # a nudger that writes one token forever: the repetition guard
-        "stuck-nudger": (meta, tiny_llama(meta, seed=5), byte, stuck_llama(byte, byte.convert_tokens_to_ids("the")), False),
+        # a nudger that writes " the" forever: the base writes between its words, then the repetition guard
+        "stuck-nudger": (meta, tiny_llama(meta, seed=5), byte, stuck_llama(byte, single_token(byte, " the")), False),
         # a base with a 40-token context: generation ends when a run no longer fits
         "short-context": (byte, tiny_llama(byte, seed=6, max_positions=40), meta, tiny_llama(meta, seed=8), False),
     }
@@ -64,10 +66,7 @@ def outcomes(tokenizers):
 
 def test_engine_matches_reference(outcomes):
     for name, prompt, gamma, lookahead, budget, expected, got in outcomes:
-        where = f"{name} prompt={prompt!r} gamma={gamma} L={lookahead} M={budget}"
-        assert got.text == expected.text, where
-        assert [(s.text, s.source) for s in got.spans] == expected.spans, where
-        assert got.stop_reason == expected.stop_reason, where
+        assert_same_answer(expected, got, f"{name} prompt={prompt!r} gamma={gamma} L={lookahead} M={budget}")
 
 
 def test_grid_reaches_every_stop_reason_and_branch(outcomes):
@@ -80,6 +79,13 @@ def test_grid_reaches_every_stop_reason_and_branch(outcomes):
     }, events
     sources = {span.source for *_, got in outcomes for span in got.spans}
     assert sources == {"base", "nudger"}
+    stuck = [(expected, got) for name, *_, expected, got in outcomes if name == "stuck-nudger"]
+    # the stuck nudger writes a real word, so the base writes between its words before the repetition guard ends it
+    assert all(re.fullmatch("( the)+", span.text) for _, got in stuck for span in got.spans if span.source == "nudger")
+    assert any(span.source == "base" for _, got in stuck for span in got.spans)
+    assert {expected.stop_reason for expected, _ in stuck} >= {"repetition"}
+    eos_pairs = {name for name, *_, expected, _ in outcomes if "takeover_by_eos" in expected.events}
+    assert len(eos_pairs) >= 2, eos_pairs
 
 
 def test_cache_is_reused(outcomes, tokenizers):
@@ -120,16 +126,33 @@ def test_base_verifies_the_lookahead_and_nudger_reuses_its_own(tokenizers):
 
 
 def test_the_trace_records_the_reference_decisions(outcomes):
-    """Each round's trace says what the spec's decisions were: boundaries checked and who took over."""
-    checks = {"takeover_by_eos", "takeover_confident", "takeover_agrees", "word_accepted"}
     for name, prompt, gamma, lookahead, budget, expected, got in outcomes:
-        where = f"{name} prompt={prompt!r} gamma={gamma} L={lookahead} M={budget}"
-        trace = got.trace
-        assert got.stats.rounds == len(trace) and got.stats.word_checks == sum(r.boundaries_checked for r in trace)
-        assert sum(r.boundaries_checked for r in trace) == sum(e in checks for e in expected.events), where
-        assert sum(r.takeover == "eos" for r in trace) == expected.events.count("takeover_by_eos"), where
-        taken = sum(e.startswith("takeover_") for e in expected.events)
-        assert sum(r.takeover in ("base", "eos") for r in trace) == taken, where
-        assert all(r.stage_tokens == 0 for r in trace if r.takeover not in ("base",)), where
-        if got.stop_reason in ("nudger_eos", "repetition"):
-            assert trace[-1].takeover == "end", where
+        assert_trace_matches(expected, got, f"{name} prompt={prompt!r} gamma={gamma} L={lookahead} M={budget}")
+
+
+def test_an_empty_piece_counts_as_agreement(tokenizers):
+    """NUDGING_SPEC.md, "An empty piece": at a word boundary the base's top token is the first byte of "é"
+    (probability 0.2, below gamma), whose piece is empty; `" " + W[i]` starts with it, so the base takes over,
+    appends that byte (no text yet) and then the byte that completes "é". The nudger writes " the" forever."""
+    byte, meta = tokenizers["byte"], tokenizers["meta"]
+    first, second = (meta.convert_tokens_to_ids(f"<0x{b:02X}>") for b in "é".encode())
+    base = bigram_llama(meta, {single_token(meta, " the"): {first: 0.2}, first: {second: 0.9}})
+    nudger = stuck_llama(byte, single_token(byte, " the"))
+    prompt = "The cat reads the question\n"
+    settings = dict(gamma=0.5, lookahead=3, budget=32)
+    expected = reference_nudging(RefModel(base, meta), RefModel(nudger, byte), prompt, prompt, **settings)
+    assert expected.text == " theé theé theé" and expected.stop_reason == "repetition"
+    assert expected.spans == [(" the", "nudger"), ("é", "base")] * 3
+    # four agreements (the fourth round's nudge then repeats the last three) and three stages
+    assert expected.events.count("empty_piece_agrees") == 4 and expected.events.count("stage_piece_held") == 3
+    got = Nudger(local(base, meta, "base"), local(nudger, byte, "nudger")).generate(
+        base_prompt=prompt, nudger_prompt=prompt, gamma=settings["gamma"], lookahead=settings["lookahead"],
+        max_new_tokens=settings["budget"])
+    assert_same_answer(expected, got, "empty piece")
+    assert_trace_matches(expected, got, "empty piece")
+
+
+def test_stuck_llama_refuses_a_token_that_is_not_one():
+    byte = byte_level_tokenizer()
+    with pytest.raises(ValueError, match="stuck_llama: token must be an id of the tokenizer .* got None"):
+        stuck_llama(byte, byte.convert_tokens_to_ids("the"))

@@ -173,3 +173,32 @@ def test_real_gemma_two_byte_fallback_characters():
         ids.append(token)
         pieces.append(detok.push(ids))
     assert "".join(pieces) == "\U0001F9CC\U0001F9CC"
+
+
+def test_byte_fallback_rewrite_keeps_the_written_text(tokenizers):
+    """NUDGING_SPEC.md, "A decoder that rewrites": bytes E4 B5 80 decode to "䵀"; a fourth byte makes the group
+    invalid and the decoder turns all four into U+FFFD. "䵀" was written already, so the next piece is what the
+    new text adds after the common prefix (found by the differential fuzzer, where the reference used to fail)."""
+    meta = tokenizers["meta"]
+    group = [meta.convert_tokens_to_ids(f"<0x{b:02X}>") for b in (0xE4, 0xB5, 0x80, 0xA9)]
+    ids = meta("reads 19.")["input_ids"]
+    detok = IncrementalDetokenizer(meta, ids)
+    pieces = []
+    for token in group + [meta.convert_tokens_to_ids("▁cat")]:
+        ids.append(token)
+        pieces.append(detok.push(ids))
+    assert pieces == ["", "", "䵀", "", "\ufffd" * 4 + " cat"]
+
+
+def test_a_prompt_ending_in_a_replacement_character_is_not_held_back(tokenizers):
+    """A run starts from its prompt's decode even where that ends in U+FFFD (here a literal one, bytes EF BF BD):
+    the run's pieces never repeat it (found by the differential fuzzer, where the reference used to)."""
+    meta = tokenizers["meta"]
+    ids = meta("a cat \ufffd")["input_ids"]
+    assert meta.decode(ids).endswith("\ufffd")
+    detok = IncrementalDetokenizer(meta, ids)
+    pieces = []
+    for byte in "\U00064924".encode():
+        ids.append(meta.convert_tokens_to_ids(f"<0x{byte:02X}>"))
+        pieces.append(detok.push(ids))
+    assert pieces == ["", "", "", "\U00064924"]

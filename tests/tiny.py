@@ -65,12 +65,32 @@ def metaspace_tokenizer(vocab_size: int = 420) -> PreTrainedTokenizerFast:
     return PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
 
 
+def lone_byte_ids(tokenizer) -> list[int]:
+    """Ids whose text alone ends inside (or is part of) a multi-byte character: lone UTF-8 bytes."""
+    return [i for i in range(len(tokenizer)) if "\ufffd" in tokenizer.decode([i])]
+
+
+def control_ids(tokenizer) -> list[int]:
+    """Ids that decode to control characters other than the newline."""
+    return [i for i in range(len(tokenizer)) if any(ord(ch) < 32 and ch != "\n" for ch in tokenizer.decode([i]))]
+
+
 def garbage_ids(tokenizer) -> list[int]:
     """Ids that decode to part of a multi-byte character (lone bytes) or to control characters."""
-    def garbage(text: str) -> bool:
-        return "\ufffd" in text or any(ord(ch) < 32 and ch != "\n" for ch in text)
+    return sorted(set(lone_byte_ids(tokenizer)) | set(control_ids(tokenizer)))
 
-    return [i for i in range(len(tokenizer)) if garbage(tokenizer.decode([i]))]
+
+def spacing_ids(tokenizer) -> list[int]:
+    """Ids whose text is only spaces or punctuation (at least one character, no letter or digit, no newline)."""
+    def spacing(text: str) -> bool:
+        return bool(text) and "\ufffd" not in text and all(ch == " " or (not ch.isalnum() and ch.isprintable())
+                                                            for ch in text)
+
+    special = set(tokenizer.all_special_ids)
+    anchor = tokenizer("a", add_special_tokens=False)["input_ids"]  # a token's text after a letter (a metaspace
+    before = tokenizer.decode(anchor)  # decoder drops the leading space of a text's first token)
+    return [i for i in range(len(tokenizer))
+            if i not in special and spacing(tokenizer.decode(anchor + [i])[len(before) :])]
 
 
 def tiny_llama(
@@ -80,10 +100,14 @@ def tiny_llama(
     sharpness: float = 25.0,
     eos_logit_scale: float = 1.0,
     max_positions: int = 1024,
+    keep_lone_bytes: bool = False,
+    logit_bias: dict[int, float] | None = None,
 ) -> LlamaForCausalLM:
     """A random tiny Llama for `tokenizer`. Lone-byte and control-character tokens get zero logits, so random
     weights write readable characters (a model that emits random bytes makes text that byte-fallback decoders
-    rewrite); the multi-byte cases are tested on purpose in test_pieces.py."""
+    rewrite); the multi-byte cases are tested on purpose in test_pieces.py and, with `keep_lone_bytes` (only
+    control characters zeroed, so pieces end inside multi-byte characters), in test_fuzz_engine.py.
+    `logit_bias` adds a constant to the logits of the given ids (an output layer with a bias)."""
     vocab_size, eos_id = len(tokenizer), tokenizer.eos_token_id
     torch.manual_seed(seed)
     config = LlamaConfig(
@@ -107,12 +131,22 @@ def tiny_llama(
             layer.self_attn.o_proj.weight.mul_(20.0)
         model.lm_head.weight.mul_(sharpness)
         model.lm_head.weight[eos_id].mul_(eos_logit_scale)
-        model.lm_head.weight[garbage_ids(tokenizer)] = 0.0
+        model.lm_head.weight[control_ids(tokenizer) if keep_lone_bytes else garbage_ids(tokenizer)] = 0.0
+        if logit_bias:
+            head = torch.nn.Linear(config.hidden_size, vocab_size, bias=True, dtype=torch.float64)
+            head.weight.copy_(model.lm_head.weight)
+            head.bias.zero_()
+            for token, bias in logit_bias.items():
+                head.bias[token] = bias
+            model.lm_head = head
     return model.eval()
 
 
-def stuck_llama(tokenizer, token: int) -> LlamaForCausalLM:
+def stuck_llama(tokenizer, token: int | None) -> LlamaForCausalLM:
     """A model that writes `token` forever, almost surely: its logits ignore the context."""
+    if not isinstance(token, int) or not 0 <= token < len(tokenizer):
+        raise ValueError(f"stuck_llama: token must be an id of the tokenizer (0 to {len(tokenizer) - 1}), got "
+                         f"{token!r} (convert_tokens_to_ids returns None for a string that is not a token)")
     model = tiny_llama(tokenizer, seed=0)
     with torch.no_grad():
         for layer in model.model.layers:
@@ -124,6 +158,14 @@ def stuck_llama(tokenizer, token: int) -> LlamaForCausalLM:
         model.lm_head.weight.zero_()
         model.lm_head.weight[token, 0] = 10.0
     return model
+
+
+def single_token(tokenizer, text: str) -> int:
+    """The id of the one token that `text` tokenizes to (no special tokens); an error if it takes several."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    if len(ids) != 1:
+        raise ValueError(f"single_token: {text!r} is {len(ids)} tokens for this tokenizer, expected one")
+    return ids[0]
 
 
 def local(model, tokenizer, name: str) -> LocalModel:
