@@ -1,11 +1,13 @@
 """A plain reference of NUDGING_SPEC.md: no cache, a full forward pass per query, whole-run decoding.
 
 It shares no code with the engine on purpose (only the tokenizers and models), so the cached engine can be
-checked against it. `events` records which branch each decision took, so tests can show every branch ran.
+checked against it. `events` records which branch each decision took, so tests can show every branch ran, and
+each model's `decisions` how far each top-1 it computed was from flipping (see `margins`).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -24,6 +26,7 @@ class RefModel:
         configured = [] if configured is None else [configured] if isinstance(configured, int) else list(configured)
         self.eos = set(configured) | ({tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set())
         self.context = model.config.max_position_embeddings
+        self.decisions: list[tuple[float, float]] = []  # per top1 call: (top-1 probability, top-1 - top-2 logit)
 
     def tokens(self, text: str) -> list[int]:
         return list(self.tokenizer(text)["input_ids"])
@@ -34,6 +37,8 @@ class RefModel:
         with torch.no_grad():
             logits = self.model(input_ids=torch.tensor([ids]), logits_to_keep=1).logits[0, -1].float()
         probs = torch.softmax(logits, dim=-1)
+        best = torch.topk(logits, 2).values
+        self.decisions.append((float(probs.max()), float(best[0] - best[1])))
         return int(torch.argmax(probs)), float(probs.max())
 
     def text(self, ids: list[int]) -> str:
@@ -80,7 +85,31 @@ def _merge(spans):
     return merged
 
 
-def reference_nudging(base: RefModel, nudger: RefModel, base_prompt, nudger_prompt, gamma, lookahead, budget):
+@dataclass
+class Margins:
+    """How close a run's decisions came to flipping: the smallest |p - gamma| of the base's top-1 probabilities
+    (each is compared with gamma) and the smallest gap between the two largest logits of any top1 call (an
+    argmax, both models). A difference in the numbers smaller than these cannot change the answer."""
+
+    gamma: float
+    logit: float
+
+    def above(self, threshold: float) -> bool:
+        return self.gamma > threshold and self.logit > threshold
+
+
+def margins(base, nudger, gamma) -> Margins:
+    """The margins of the decisions recorded since the models' `decisions` were last cleared."""
+    return Margins(min((abs(p - gamma) for p, _ in base.decisions), default=math.inf),
+                   min((gap for _, gap in base.decisions + nudger.decisions), default=math.inf))
+
+
+def reference_nudging(base: RefModel, nudger: RefModel, base_prompt, nudger_prompt, gamma, lookahead, budget,
+                      chunk: int | None = None):
+    """The spec's algorithm. With `chunk`, base stages are read as the authors' API code reads them (docs/remote.md,
+    "chunked"): each request brings `chunk` tokens from the text it was sent, and the next request starts from the
+    whole text so far re-tokenized, not from the run's own tokens. A word check is the first token of such a
+    request, and the request that takes over is the first of the stage."""
     answer, spans, nudges, events = "", [], [], []
 
     def finish(reason):
@@ -128,6 +157,7 @@ def reference_nudging(base: RefModel, nudger: RefModel, base_prompt, nudger_prom
             if takeover is None:
                 continue
             ids, token = takeover
+            read = 1  # tokens taken from the request the stage reads (chunked)
             while token not in base.eos:
                 piece = base.piece(ids, token)
                 ids = ids + [token]
@@ -135,7 +165,12 @@ def reference_nudging(base: RefModel, nudger: RefModel, base_prompt, nudger_prom
                 spans.append((piece, "base"))
                 if full():
                     return finish("length")
+                if read == chunk:
+                    retokenized = base.tokens(base_prompt + answer)
+                    events.append("chunk_retokenized" if retokenized != ids else "chunk")
+                    ids, read = retokenized, 0
                 token, p = base.top1(ids)
+                read += 1
                 if p < gamma:
                     events.append("base_stage_unsure")
                     break
