@@ -136,20 +136,18 @@ def test_nudging_serve_in_front_of_remote_models(servers, tiny_folders, local):
         stop(process)
 
 
-# (question, gamma, lookahead): answers that end with each stop reason of nudging (max_new_tokens 64)
-STOPS = [("The cat reads the question.", 0.3, 16), ("The cat reads the answer quickly.", 0.6, 5),
-         ("A robot writes the answer: 12 + 7 = 19.", 0.6, 5), ("The cat finds a long letter\n", 0.3, 16),
+# (question, gamma, lookahead): answers that end with a nudger EOS, the repetition guard, the budget (64 tokens)
+STOPS = [("The cat reads the question.", 0.3, 16), ("A robot writes the answer: 12 + 7 = 19.", 0.6, 5),
          ("A robot reads two numbers.", 0.3, 16)]
 
 
-@pytest.mark.parametrize("protocol", ["per-word", "echo"])
-def test_remote_answers_end_for_every_reason_as_local_ones_do(servers, tiny_folders, local, protocol):
-    pair = remote(servers, tiny_folders, protocol)
+def test_remote_answers_end_for_every_reason_as_local_ones_do(servers, tiny_folders, local):
+    pair = remote(servers, tiny_folders, "per-word")
     reasons = set()
     for question, gamma, lookahead in STOPS:
         expected = local.generate(question, gamma=gamma, lookahead=lookahead, max_new_tokens=64)
         got = pair.generate(question, gamma=gamma, lookahead=lookahead, max_new_tokens=64)
-        assert same(got, expected), (protocol, question, got.text, got.stop_reason, expected.text, expected.stop_reason)
+        assert same(got, expected), (question, got.text, got.stop_reason, expected.text, expected.stop_reason)
         reasons.add(got.stop_reason)
     assert reasons == {"nudger_eos", "repetition", "length"}
 
@@ -160,11 +158,10 @@ def reference_pair(tiny_folders):
     return tuple(RefModel(*models.load(tiny_folders[role], dtype="float32", device="cpu")) for role in ("base", "nudger"))
 
 
-# (question, gamma, lookahead): the first two have base stages past 16 tokens where re-tokenizing the text changes
-# the answer; then a stage with chunks that re-tokenize to the same ids, a nudger EOS and a repetition
-CHUNKED = [("The cat writes three apples: 12 + 7 = 19.", 0.1, 16), ("A robot writes the answer: 12 + 7 = 19.", 0.05, 8),
-           ("the cat reads the question", 0.05, 8), ("The cat reads the question.", 0.1, 16),
-           ("The cat finds a long letter\n", 0.2, 4)]
+# (question, gamma, lookahead): two answers with base stages past 16 tokens, where re-tokenizing the text between
+# chunks changes the answer (and, once, gives the same ids), then a nudger EOS and a repetition
+CHUNKED = [("The cat writes three apples: 12 + 7 = 19.", 0.1, 16), ("The cat reads the answer quickly.", 0.05, 8),
+           ("The cat reads the question.", 0.1, 16), ("The cat finds a long letter\n", 0.2, 4)]
 
 
 def test_the_authors_chunked_protocol_matches_a_chunked_reference(servers, tiny_folders, local, reference_pair):
