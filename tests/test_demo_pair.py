@@ -60,7 +60,7 @@ def test_engine_matches_reference_on_demo_pair(pair, engine, question, gamma, lo
 # A decision can flip between two float32 computations (cached engine, full-pass reference) only where its margin,
 # |p - gamma| or the top-1/top-2 logit gap, is within their difference: measured below at about 1e-5.
 NOISE = 1e-3
-FLOAT32_CASES = [(question, 0.3, 16, 48) for question in QUESTIONS] + [(QUESTIONS[1], 0.6, 6, 24)]
+FLOAT32_CASES = [(QUESTIONS[1], 0.3, 16, 24), (QUESTIONS[2], 0.3, 16, 24), (QUESTIONS[2], 0.6, 6, 24)]
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +76,7 @@ def test_float32_engine_and_reference_numbers_differ_far_below_the_margin_asked(
     for model, ref, prompt in ((engine.base, reference[0], prompts.base_prompt(question)),
                                (engine.nudger, reference[1], prompts.chat_prompt(reference[1].tokenizer, question))):
         run, ids = model.start_run(prompt), ref.tokens(prompt)
-        for _ in range(12):  # the engine's cached passes (prefill, one token, a guessed token) against full passes
+        for _ in range(6):  # the engine's cached passes (prefill, one token, a guessed token) against full passes
             choice = run.next_choice()
             token, p = ref.top1(ids)
             assert choice.token == token and abs(choice.top1_prob - p) < NOISE / 10

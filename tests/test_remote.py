@@ -141,13 +141,14 @@ STOPS = [("The cat reads the question.", 0.3, 16), ("A robot writes the answer: 
          ("A robot reads two numbers.", 0.3, 16)]
 
 
-def test_remote_answers_end_for_every_reason_as_local_ones_do(servers, tiny_folders, local):
-    pair = remote(servers, tiny_folders, "per-word")
+@pytest.mark.parametrize("protocol", ["per-word", "echo"])
+def test_remote_answers_end_for_every_reason_as_local_ones_do(servers, tiny_folders, local, protocol):
+    pair = remote(servers, tiny_folders, protocol)
     reasons = set()
     for question, gamma, lookahead in STOPS:
         expected = local.generate(question, gamma=gamma, lookahead=lookahead, max_new_tokens=64)
         got = pair.generate(question, gamma=gamma, lookahead=lookahead, max_new_tokens=64)
-        assert same(got, expected), (question, got.text, got.stop_reason, expected.text, expected.stop_reason)
+        assert same(got, expected), (protocol, question, got.text, got.stop_reason, expected.text, expected.stop_reason)
         reasons.add(got.stop_reason)
     assert reasons == {"nudger_eos", "repetition", "length"}
 
