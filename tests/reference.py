@@ -3,11 +3,13 @@
 It shares no code with the engine on purpose (only the tokenizers and models), so the cached engine can be
 checked against it. `events` records which branch each decision took, so tests can show every branch ran, and
 `margin` how close the closest decision came to flipping (a top-1 probability against gamma, or the two most
-likely tokens against each other), so a fuzzer can set aside cases that float rounding could decide.
+likely tokens against each other), so a fuzzer can set aside cases that float rounding could decide. Each
+model's `decisions` keeps how far each top-1 it computed was from flipping (see `margins`).
 """
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 
@@ -29,6 +31,7 @@ class RefModel:
         self.context = model.config.max_position_embeddings
         self.closest = float("inf")  # the smallest gap between the two most likely tokens of any top1 so far
         self.rewrites = 0  # pieces after which the decoder had rewritten text it gave before
+        self.decisions: list[tuple[float, float]] = []  # per top1 call: (top-1 probability, top-1 - top-2 logit)
 
     def tokens(self, text: str) -> list[int]:
         return list(self.tokenizer(text)["input_ids"])
@@ -41,6 +44,8 @@ class RefModel:
         probs = torch.softmax(logits, dim=-1)
         first, second = torch.topk(probs, 2).values.tolist()
         self.closest = min(self.closest, first - second)
+        best = torch.topk(logits, 2).values
+        self.decisions.append((float(probs.max()), float(best[0] - best[1])))
         return int(torch.argmax(probs)), float(probs.max())
 
     def text(self, ids: list[int], start: int) -> str:
@@ -106,7 +111,31 @@ def _merge(spans):
     return merged
 
 
-def reference_nudging(base: RefModel, nudger: RefModel, base_prompt, nudger_prompt, gamma, lookahead, budget):
+@dataclass
+class Margins:
+    """How close a run's decisions came to flipping: the smallest |p - gamma| of the base's top-1 probabilities
+    (each is compared with gamma) and the smallest gap between the two largest logits of any top1 call (an
+    argmax, both models). A difference in the numbers smaller than these cannot change the answer."""
+
+    gamma: float
+    logit: float
+
+    def above(self, threshold: float) -> bool:
+        return self.gamma > threshold and self.logit > threshold
+
+
+def margins(base, nudger, gamma) -> Margins:
+    """The margins of the decisions recorded since the models' `decisions` were last cleared."""
+    return Margins(min((abs(p - gamma) for p, _ in base.decisions), default=math.inf),
+                   min((gap for _, gap in base.decisions + nudger.decisions), default=math.inf))
+
+
+def reference_nudging(base: RefModel, nudger: RefModel, base_prompt, nudger_prompt, gamma, lookahead, budget,
+                      chunk: int | None = None):
+    """The spec's algorithm. With `chunk`, base stages are read as the authors' API code reads them (docs/remote.md,
+    "chunked"): each request brings `chunk` tokens from the text it was sent, and the next request starts from the
+    whole text so far re-tokenized, not from the run's own tokens. A word check is the first token of such a
+    request, and the request that takes over is the first of the stage."""
     answer, spans, nudges, events = "", [], [], []
     base.closest = nudger.closest = float("inf")
     base.rewrites = nudger.rewrites = 0
@@ -176,6 +205,7 @@ def reference_nudging(base: RefModel, nudger: RefModel, base_prompt, nudger_prom
             if takeover is None:
                 continue
             ids, start, token = takeover
+            read = 1  # tokens taken from the request the stage reads (chunked)
             while token not in base.eos:
                 piece = base.piece(ids, token, start)
                 if not piece:
@@ -186,8 +216,13 @@ def reference_nudging(base: RefModel, nudger: RefModel, base_prompt, nudger_prom
                 if full():
                     events.append("length_in_base_stage")
                     return finish("length")
+                if read == chunk:
+                    retokenized = base.tokens(base_prompt + answer)
+                    events.append("chunk_retokenized" if retokenized != ids else "chunk")
+                    ids, start, read = retokenized, len(retokenized), 0
                 token, p = base.top1(ids)
                 gamma_margin = min(gamma_margin, abs(p - gamma))
+                read += 1
                 if p < gamma:
                     events.append("base_stage_unsure")
                     break

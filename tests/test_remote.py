@@ -16,13 +16,15 @@ from pathlib import Path
 import httpx
 import pytest
 
-from nudging import Nudger
+from nudging import Nudger, models, prompts
 from nudging.cli import main
 from nudging.errors import InvalidArgumentError, RemoteError
 from nudging.backends.remote.client import ClientSettings
 from nudging.backends.remote.model import tokens_of
 from nudging.backends.remote.probe import RemoteWarning, connect
 from nudging.backends.remote.spec import parse
+from nudging.trace import AUTHORS_CHUNK
+from reference import RefModel, reference_nudging
 from servers import free_port, start_server
 
 QUESTIONS = ["the cat reads the question", "Zoë counts two numbers", "every student finds a long letter"]
@@ -134,14 +136,59 @@ def test_nudging_serve_in_front_of_remote_models(servers, tiny_folders, local):
         stop(process)
 
 
-def test_the_authors_chunked_protocol_is_counted(servers, tiny_folders, local):
+# (question, gamma, lookahead): answers that end with a nudger EOS, the repetition guard, the budget (64 tokens)
+STOPS = [("The cat reads the question.", 0.3, 16), ("A robot writes the answer: 12 + 7 = 19.", 0.6, 5),
+         ("A robot reads two numbers.", 0.3, 16)]
+
+
+@pytest.mark.parametrize("protocol", ["per-word", "echo"])
+def test_remote_answers_end_for_every_reason_as_local_ones_do(servers, tiny_folders, local, protocol):
+    pair = remote(servers, tiny_folders, protocol)
+    reasons = set()
+    for question, gamma, lookahead in STOPS:
+        expected = local.generate(question, gamma=gamma, lookahead=lookahead, max_new_tokens=64)
+        got = pair.generate(question, gamma=gamma, lookahead=lookahead, max_new_tokens=64)
+        assert same(got, expected), (protocol, question, got.text, got.stop_reason, expected.text, expected.stop_reason)
+        reasons.add(got.stop_reason)
+    assert reasons == {"nudger_eos", "repetition", "length"}
+
+
+@pytest.fixture(scope="module")
+def reference_pair(tiny_folders):
+    """The plain reference on the tiny pair, in the dtype the servers run (float32)."""
+    return tuple(RefModel(*models.load(tiny_folders[role], dtype="float32", device="cpu")) for role in ("base", "nudger"))
+
+
+# (question, gamma, lookahead): two answers with base stages past 16 tokens, where re-tokenizing the text between
+# chunks changes the answer (and, once, gives the same ids), then a nudger EOS and a repetition
+CHUNKED = [("The cat writes three apples: 12 + 7 = 19.", 0.1, 16), ("The cat reads the answer quickly.", 0.05, 8),
+           ("The cat reads the question.", 0.1, 16), ("The cat finds a long letter\n", 0.2, 4)]
+
+
+def test_the_authors_chunked_protocol_matches_a_chunked_reference(servers, tiny_folders, local, reference_pair):
+    base, nudger = reference_pair
     pair = remote(servers, tiny_folders, "chunked")
-    results = [pair.generate(question, gamma=0.6, lookahead=5) for question in QUESTIONS]
-    work = [r.stats.models["base"] for r in results]
-    assert all(w["streamed_requests"] == 0 for w in work)
-    # each base request brings back up to 16 tokens whether they are used or not
-    assert sum(w["tokens_received"] for w in work) >= 16 * sum(w["requests"] for w in work) // 2
     assert pair.base.stage_protocol == "chunked"
+    changed, events, reasons = 0, [], set()
+    for question, gamma, lookahead in CHUNKED:
+        expected = reference_nudging(base, nudger, prompts.base_prompt(question),
+                                     prompts.chat_prompt(nudger.tokenizer, question), gamma, lookahead, 48,
+                                     chunk=AUTHORS_CHUNK)
+        got = pair.generate(question, gamma=gamma, lookahead=lookahead)
+        assert (got.text, [(s.text, s.source) for s in got.spans], got.stop_reason) == (
+            expected.text, expected.spans, expected.stop_reason), (question, got.text, expected.text)
+        work = got.stats.models["base"]
+        assert work["streamed_requests"] == 0
+        # each base request brings back up to 16 tokens whether they are used or not
+        assert work["tokens_received"] >= 16 * work["requests"] // 2
+        # a request that continues a stage from the text so far, one per chunk the reference re-tokenized
+        assert work["retokenized_chunks"] == sum(e in ("chunk", "chunk_retokenized") for e in expected.events)
+        changed += got.text != local.generate(question, gamma=gamma, lookahead=lookahead).text
+        events += expected.events
+        reasons.add(got.stop_reason)
+    assert changed >= 2  # the spec's answer differs: the comparison tells the chunked protocol apart
+    assert {"chunk", "chunk_retokenized"} <= set(events)
+    assert reasons == {"nudger_eos", "repetition", "length"}
 
 
 def test_stats_count_requests_and_the_papers_protocol(servers, tiny_folders):

@@ -3,10 +3,12 @@ engine (same answers), and llama-cpp-python's server on the demo GGUFs (built fr
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
-from nudging import Nudger, models
+from nudging import Nudger, models, prompts
 from nudging.prompts import DEFAULT_PROMPTS
+from reference import reference_nudging
 from llama_servers import start_llama_server
 from servers import start_server
 from test_remote import same, stop
@@ -51,10 +53,6 @@ def test_llama_cpp_servers_nudge_the_demo_pair(llama_servers):
     assert caps.owned_by == "me" and caps.stream_logprobs and caps.echo_layout == "aligned"
     assert per_word.base.extra_body == {"repeat_penalty": 1.0}  # llama.cpp's default 1.1 is not greedy
     question = DEFAULT_PROMPTS[1]
-    # llama.cpp reuses the KV cache of the longest prefix shared with the previous request, and a prefix computed
-    # in another batch shape moves probabilities by ~1e-3 (measured: a word near gamma flipped on a fresh server).
-    # A first answer fills the cache with this prompt, so both protocols below start from the same prefix KV.
-    per_word.generate(question)
     streamed = per_word.generate(question)
     assert streamed.text and streamed.stop_reason in ("nudger_eos", "length", "repetition")
     assert {s.source for s in streamed.spans} == {"base", "nudger"}
@@ -63,6 +61,44 @@ def test_llama_cpp_servers_nudge_the_demo_pair(llama_servers):
                                   max_new_tokens=24, remote_protocol="echo").generate(question)
     assert same(echo, streamed)
     assert echo.stats.models["base"]["echo_requests"] > 0
+
+
+@pytest.fixture(scope="module")
+def llama_reference():
+    """The plain reference on llama.cpp in this process, on the servers' GGUF files and settings."""
+    from llama_reference import LlamaRefModel
+
+    pair = tuple(LlamaRefModel(str(models.demo_gguf(alias)), models.load_tokenizer(alias))
+                 for alias in ("demo-base", "demo-nudger"))
+    yield pair
+    for model in pair:
+        model.llm.close()  # now, not in a destructor at interpreter exit
+
+
+# (question, gamma, lookahead), 24 tokens: one answer ends with the nudger's EOS, one at the budget
+LLAMA_CASES = [(DEFAULT_PROMPTS[1], 0.3, 16), (DEFAULT_PROMPTS[2], 0.6, 6)]
+
+
+def test_llama_cpp_servers_give_the_answers_of_llama_cpp_in_process(llama_servers, llama_reference):
+    """The remote engine over llama-cpp-python's servers against the plain reference driving llama_cpp.Llama on
+    the same GGUF files: identical answers."""
+    base, nudger = llama_reference
+    ids = base.tokens(prompts.base_prompt(DEFAULT_PROMPTS[1]))
+    fresh = base.logits(ids, fresh=True)
+    base.logits(base.tokens("Question: What is the capital of France?"))
+    assert np.array_equal(base.logits(ids), fresh)  # n_batch 1: what was evaluated before changes nothing
+    base_url, nudger_url = llama_servers
+    pair = Nudger.from_pretrained(f"openai:demo-base@{base_url}", f"openai:demo-nudger@{nudger_url}",
+                                  max_new_tokens=24, remote_protocol="per-word")
+    sources = set()
+    for question, gamma, lookahead in LLAMA_CASES:
+        expected = reference_nudging(base, nudger, prompts.base_prompt(question),
+                                     prompts.chat_prompt(nudger.tokenizer, question), gamma, lookahead, 24)
+        got = pair.generate(question, gamma=gamma, lookahead=lookahead)
+        assert (got.text, [(s.text, s.source) for s in got.spans], got.stop_reason) == (
+            expected.text, expected.spans, expected.stop_reason), (question, got.text, expected.text)
+        sources |= {source for _, source in expected.spans}
+    assert sources == {"base", "nudger"}
 
 
 def test_llama_cpp_shifted_echo_layout_without_bos(llama_servers):
