@@ -10,6 +10,8 @@ from nudging.errors import InvalidArgumentError
 
 BATCH_SIZE = 16  # generations answered at once by default (generate_batch, --batch-size)
 MAX_LOOKAHEAD = 256  # tokens per lookahead at most: the nudger writes words, not whole answers, per round
+GAMMA_RANGE = (0.0, 1.0)  # open: gamma lies strictly between the two
+TOP_P_RANGE = (0.0, 1.0)  # half-open: above the first, up to and including the second
 SEED_RANGE = (-(2**63), 2**63 - 1)  # a signed 64-bit integer, as torch and OpenAI-compatible servers (vLLM) take
 
 
@@ -22,8 +24,10 @@ class NudgingConfig:
     max_new_tokens: int = 512
 
     def __post_init__(self) -> None:
-        if isinstance(self.gamma, bool) or not isinstance(self.gamma, (int, float)) or not 0.0 < self.gamma < 1.0:
-            raise InvalidArgumentError(f"gamma must be a number strictly between 0 and 1, got {self.gamma!r}")
+        low, high = GAMMA_RANGE
+        if isinstance(self.gamma, bool) or not isinstance(self.gamma, (int, float)) or not low < self.gamma < high:
+            raise InvalidArgumentError(
+                f"gamma must be a number strictly between {low:g} and {high:g}, got {self.gamma!r}")
         for name in ("lookahead", "max_new_tokens"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -51,8 +55,9 @@ class SamplingConfig:
     def __post_init__(self) -> None:
         if not isinstance(self.temperature, (int, float)) or not math.isfinite(self.temperature) or self.temperature < 0:
             raise InvalidArgumentError(f"temperature must be a number >= 0, got {self.temperature!r}")
-        if not isinstance(self.top_p, (int, float)) or not 0.0 < self.top_p <= 1.0:  # also rejects NaN
-            raise InvalidArgumentError(f"top_p must be in (0, 1], got {self.top_p!r}")
+        low, high = TOP_P_RANGE
+        if not isinstance(self.top_p, (int, float)) or not low < self.top_p <= high:  # also rejects NaN
+            raise InvalidArgumentError(f"top_p must be in ({low:g}, {high:g}], got {self.top_p!r}")
         low, high = SEED_RANGE
         if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)
                                       or not low <= self.seed <= high):

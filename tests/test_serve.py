@@ -436,8 +436,42 @@ def test_the_openapi_document_lists_every_status_with_the_error_body(local):
         {"$ref": "#/components/schemas/CompletionChunk"}, {"$ref": "#/components/schemas/ErrorBody"}]
     assert {"CompletionChunk", "ChatCompletionChunk", "PieceInfo"} <= set(schema["components"]["schemas"])
     budget = schema["components"]["schemas"]["ChatCompletionRequest"]["properties"]["max_completion_tokens"]
-    assert budget["anyOf"][0] == {"type": "integer", "maximum": ServerSettings().max_tokens_limit}
+    assert budget["anyOf"][0] == {"type": "integer", "minimum": 1, "maximum": ServerSettings().max_tokens_limit}
     page = operations[("/", "get")]["responses"]["200"]["content"]
     assert set(page) == {"text/html"}
     error = schema["components"]["schemas"]["ErrorDetail"]["properties"]
     assert {"message", "type", "param", "code", "request_id"} <= set(error)
+
+
+def _outside(number: dict, field: str) -> list[float]:
+    """Values just outside each bound the schema gives a number field."""
+    step = 1 if number["type"] == "integer" else 1e-9
+    values = [number["exclusiveMinimum"]] if "exclusiveMinimum" in number else []
+    values += [number["exclusiveMaximum"]] if "exclusiveMaximum" in number else []
+    values += [number["minimum"] - step] if "minimum" in number else []
+    values += [number["maximum"] + step] if "maximum" in number else []
+    assert values, field
+    return values
+
+
+def _inside(number: dict) -> list[float]:
+    low = number.get("minimum", number.get("exclusiveMinimum"))
+    high = number.get("maximum", number.get("exclusiveMaximum"))
+    return [value for value, exclusive in ((low, "exclusiveMinimum" in number), (high, "exclusiveMaximum" in number))
+            if not exclusive]
+
+
+@pytest.mark.parametrize("field", ["gamma", "lookahead", "max_tokens", "temperature", "top_p", "seed"])
+def test_the_documented_ranges_are_the_ones_the_server_checks(server, field):
+    """Each range the OpenAPI document gives (from nudging.config) is what the server accepts: a value just
+    outside a bound is a 422, a bound that is included is answered."""
+    document = httpx.get(server + "/openapi.json", timeout=10).json()
+    number = document["components"]["schemas"]["CompletionRequest"]["properties"][field]["anyOf"][0]
+    headers = {"Authorization": f"Bearer {KEY}"}
+    body = {"prompt": "The cat reads", "max_tokens": 1, "temperature": 0.5}
+    for value in _outside(number, field):
+        response = httpx.post(server + "/v1/completions", json={**body, field: value}, headers=headers, timeout=60)
+        assert response.status_code == 422 and response.json()["error"]["param"] == field, (value, response.text)
+    for value in _inside(number):
+        response = httpx.post(server + "/v1/completions", json={**body, field: value}, headers=headers, timeout=60)
+        assert response.status_code == 200, (value, response.text)

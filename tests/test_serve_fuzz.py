@@ -105,6 +105,12 @@ def test_a_temperature_too_small_to_divide_by_samples_as_greedy(fuzz_server, tem
     assert tiny.json()["choices"][0]["text"] == greedy.json()["choices"][0]["text"]
 
 
+def test_max_tokens_over_the_limit_is_refused_even_beside_max_completion_tokens(fuzz_server):
+    body = {"messages": [{"role": "user", "content": "hi"}], "max_completion_tokens": 1, "max_tokens": TOKENS + 1}
+    response = httpx.post(fuzz_server + "/v1/chat/completions", json=body, timeout=60)
+    assert response.status_code == 422 and response.json()["error"]["param"] == "max_tokens", response.text
+
+
 @pytest.mark.parametrize("method, path, content, status, code", [
     ("POST", "/tokenize", b'{"prompt": "\xff\xfe"}', 400, "invalid_json"),  # not UTF-8
     ("GET", "/v1/nowhere", None, 404, "unknown_url"),

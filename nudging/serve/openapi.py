@@ -17,6 +17,7 @@ from nudging.serve.protocol import (
 
 Responses = dict[int | str, dict[str, Any]]
 SCHEMAS = "#/components/schemas/"
+BOUNDS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")
 
 # The statuses each route can send besides 200 (the middleware's 400/401/413 on every guarded route).
 GUARDED = (400, 401, 413, 500)
@@ -64,7 +65,7 @@ def generation(answer: type[BaseModel], chunk: type[BaseModel]) -> Responses:
 
 def completed(app: FastAPI, settings: ServerSettings) -> Callable[[], dict[str, Any]]:
     """app.openapi, with what FastAPI cannot see added: the schemas of the streamed chunks (no route returns them
-    as a model) and this server's limit on max_tokens."""
+    as a model), number ranges exactly as the request models give them, and this server's limit on max_tokens."""
     build = app.openapi
 
     def openapi() -> dict[str, Any]:
@@ -77,6 +78,11 @@ def completed(app: FastAPI, settings: ServerSettings) -> Callable[[], dict[str, 
         for name, schema in chunks["$defs"].items():
             schemas.setdefault(name, schema)
         for request in (CompletionRequest, ChatCompletionRequest):
+            exact = request.model_json_schema()["properties"]
+            for name, field in schemas[request.__name__]["properties"].items():
+                # FastAPI's document model reads bounds as floats: 2**63 - 1 would round up to 2**63
+                for branch, given in zip(field.get("anyOf", []), exact[name].get("anyOf", [])):
+                    branch.update({key: given[key] for key in BOUNDS if key in given})
             for name in ("max_tokens", "max_completion_tokens"):
                 for branch in schemas[request.__name__]["properties"].get(name, {}).get("anyOf", []):
                     if branch.get("type") == "integer":

@@ -14,7 +14,9 @@ from typing import Any, Callable, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
 
-from nudging.config import MAX_TOP_K, NudgingConfig, SamplingConfig
+from nudging.config import (
+    GAMMA_RANGE, MAX_LOOKAHEAD, MAX_TOP_K, SEED_RANGE, TOP_P_RANGE, NudgingConfig, SamplingConfig,
+)
 from nudging.errors import InvalidArgumentError
 from nudging.text import check_unicode
 
@@ -23,6 +25,17 @@ MAX_TEMPERATURE = 2.0  # OpenAI's API takes temperatures up to 2
 
 def _omitted_if_none(**kwargs: Any) -> Any:
     return Field(default=None, exclude_if=lambda value: value is None, **kwargs)
+
+
+def _in_range(**bounds: float) -> Callable[[dict[str, Any]], None]:
+    """Writes a field's range (checked by the config dataclasses) into its number branch of the OpenAPI document,
+    so clients and the schema fuzz see it; the values come from nudging.config, written there once."""
+    def add(schema: dict[str, Any]) -> None:
+        for branch in schema.get("anyOf", [schema]):
+            if branch.get("type") in ("number", "integer"):
+                branch.update(bounds)
+
+    return add
 
 
 def _check(build: Callable[..., object], **values: object) -> None:
@@ -50,8 +63,11 @@ class _Request(BaseModel):
 class NudgingFields(_Request):
     """Per-request nudging settings, sent as extra body fields (OpenAI clients: `extra_body=`)."""
 
-    gamma: float | None = Field(default=None, description="strictly between 0 and 1; default: the server's")
-    lookahead: int | None = Field(default=None, description="nudger tokens per round; default: the server's")
+    gamma: float | None = Field(default=None, description="the uncertainty threshold; default: the server's",
+                                json_schema_extra=_in_range(exclusiveMinimum=GAMMA_RANGE[0],
+                                                            exclusiveMaximum=GAMMA_RANGE[1]))
+    lookahead: int | None = Field(default=None, description="nudger tokens per round; default: the server's",
+                                  json_schema_extra=_in_range(minimum=1, maximum=MAX_LOOKAHEAD))
     nudging: bool = True  # false: the base model alone
 
     @field_validator("gamma", "lookahead")
@@ -64,10 +80,13 @@ class NudgingFields(_Request):
 
 class SamplingFields(_Request):
     model: str | None = None
-    max_tokens: int | None = Field(default=None, description="answer budget; default: the server's")
-    temperature: float | None = Field(default=None, description=f"0 (greedy, the default) to {MAX_TEMPERATURE:g}")
-    top_p: float | None = Field(default=None, description="in (0, 1]; default 1")
-    seed: int | None = None
+    max_tokens: int | None = Field(default=None, description="answer budget; default: the server's",
+                                   json_schema_extra=_in_range(minimum=1))
+    temperature: float | None = Field(default=None, description="0 is greedy (the default)",
+                                      json_schema_extra=_in_range(minimum=0, maximum=MAX_TEMPERATURE))
+    top_p: float | None = Field(default=None, description="default 1",
+                                json_schema_extra=_in_range(exclusiveMinimum=TOP_P_RANGE[0], maximum=TOP_P_RANGE[1]))
+    seed: int | None = Field(default=None, json_schema_extra=_in_range(minimum=SEED_RANGE[0], maximum=SEED_RANGE[1]))
     n: int = Field(default=1, ge=1, le=1)
     stream: bool = False
     stream_options: dict[str, Any] | None = None
@@ -150,7 +169,7 @@ class ChatMessage(_Request):
 
 class ChatCompletionRequest(SamplingFields, NudgingFields):
     messages: list[ChatMessage] = Field(min_length=1)
-    max_completion_tokens: int | None = None
+    max_completion_tokens: int | None = Field(default=None, json_schema_extra=_in_range(minimum=1))
 
     @field_validator("max_completion_tokens")
     @classmethod

@@ -262,17 +262,22 @@ async def chat(service: Service, settings: ServerSettings, body: ChatCompletionR
     messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text} for m in body.messages]
     nudger = service.template.nudger
     nudger_prompt = prompts.chat_prompt_for(nudger.tokenizer, messages) if nudger is not None else ""
+    _check_budget(settings, "max_tokens", body.max_tokens)  # refused even where max_completion_tokens wins
     job = _job(service, settings, body, prompts.base_prompt_for(messages), nudger_prompt,
-               body.max_completion_tokens or body.max_tokens, prompt_field="messages")
+               body.max_completion_tokens or body.max_tokens, prompt_field="messages",
+               budget_field="max_completion_tokens" if body.max_completion_tokens else "max_tokens")
     return await _respond(service, settings, job, body, request, chat=True)
 
 
+def _check_budget(settings: ServerSettings, field: str, budget: int | None) -> None:
+    if budget is not None and budget > settings.max_tokens_limit:
+        raise Unprocessable(f"{field} may be at most {settings.max_tokens_limit}, got {budget}", param=field)
+
+
 def _job(service: Service, settings: ServerSettings, body: AnyRequest, base_prompt: str, nudger_prompt: str,
-         max_tokens: int | None, prompt_field: str) -> Job:
+         max_tokens: int | None, prompt_field: str, budget_field: str = "max_tokens") -> Job:
     budget = max_tokens or settings.max_tokens
-    if budget > settings.max_tokens_limit:
-        raise Unprocessable(f"max_tokens may be at most {settings.max_tokens_limit}, got {budget}",
-                            param="max_tokens")
+    _check_budget(settings, budget_field, budget)
     mode = service.mode if body.nudging else "base"
     if mode == "base" and service.template.base is None:
         raise Unprocessable("this server has no base model to run without nudging", param="nudging")
