@@ -7,6 +7,7 @@ so that `import nudging.backends.interface` (or the remote backend) does not bri
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 from typing import Any
 
 _EXPORTS = {
@@ -28,7 +29,16 @@ _EXPORTS = {
     "Span": "nudging.text",
 }
 __all__ = sorted(_EXPORTS)
-__version__ = "0.1.0"
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("nudging")  # written once, in pyproject.toml
+    except importlib.metadata.PackageNotFoundError:
+        return "0+unknown"  # a source tree that was never installed
+
+
+__version__ = _version()
 
 
 def __getattr__(name: str) -> Any:

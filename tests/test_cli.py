@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -215,3 +218,81 @@ def test_generate_several_questions_answers_them_batched_in_order(capsys, tiny_f
     assert code == 0 and all(f"# {q}" in out for q in questions) and out.count("stop: ") == 3
     code, _, err = run_cli(capsys, "generate", *questions, "--batch-size", "0", *models)
     assert code == 2 and "--batch-size must be at least 1" in err
+
+
+ROOT = Path(__file__).resolve().parent.parent
+COMMANDS = ("generate", "bench", "eval", "serve", "calibrate", "setup")
+MODEL_COMMANDS = COMMANDS[:-1]  # README's "# any command:" and "# baselines:" lines; setup loads no model
+OPTION = r"(?<![\w-])--[a-z][a-z-]*"
+
+
+def readme_blocks(languages: tuple[str, ...]) -> list[list[str]]:
+    blocks: list[list[str]] = []
+    block: list[str] | None = None
+    language = ""
+    for line in (ROOT / "README.md").read_text().splitlines():
+        if not line.startswith("```"):
+            if block is not None:
+                block.append(line)
+        elif block is None:
+            block, language = [], line[3:].strip()
+        else:
+            if language in languages:
+                blocks.append(block)
+            block = None
+    return blocks
+
+
+def readme_usage_options() -> dict[str, set[str]]:
+    """Options per command in README's usage blocks: `nudging CMD|CMD ... [--opt]` lines, their indented
+    continuations, and the shared `# any command:` / `# baselines:` lines; comments after a command are prose."""
+    shown: dict[str, set[str]] = {command: set() for command in COMMANDS}
+    for block in readme_blocks(("", "bash")):
+        commands: tuple[str, ...] = ()
+        for line in block:
+            shared = re.match(r"# (any command|baselines):", line)
+            if line.startswith("nudging "):
+                commands = tuple(line.split()[1].split("|"))
+                line = line.split("#")[0]
+            elif shared:
+                commands, line = MODEL_COMMANDS, line[shared.end():]
+            elif line.startswith("#") and commands == MODEL_COMMANDS:
+                line = line[1:]
+            elif not line.startswith(" "):
+                commands = ()
+            for command in commands:
+                if command in shown:
+                    shown[command].update(re.findall(OPTION, line.split("  #")[0]))
+    return shown
+
+
+def help_text(capsys, *argv: str) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        main([*argv, "--help"])
+    assert exit_info.value.code == 0
+    return capsys.readouterr().out
+
+
+def test_every_option_readme_shows_is_in_that_commands_help(capsys):
+    shown = readme_usage_options()
+    # the parse itself must find the usage lines, or the check below would pass on nothing
+    assert {"--gamma", "--mode", "--batch-size", "--remote-protocol", "--alpha"} <= shown["generate"]
+    assert {"--max-tokens-limit", "--host"} <= shown["serve"] and shown["setup"] == {"--all"}
+    for command in COMMANDS:
+        offered = set(re.findall(OPTION, help_text(capsys, command)))
+        assert shown[command] <= offered, f"README shows {sorted(shown[command] - offered)} for nudging {command}"
+
+
+def test_version_prints_the_installed_version(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"nudging {importlib.metadata.version('nudging')}"
+    declared = re.search(r'^version = "([^"]+)"', (ROOT / "pyproject.toml").read_text(), re.M).group(1)
+    assert importlib.metadata.version("nudging") == declared
+
+
+def test_ci_runs_the_test_command_of_the_readme():
+    commands = [line for block in readme_blocks(("bash",)) for line in block if "pytest" in line]
+    assert commands == ["./scripts/setup.sh --tests && python3 -m pytest -q"]
+    assert commands[0] in (ROOT / ".ci" / "run").read_text().splitlines()
