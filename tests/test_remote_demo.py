@@ -1,5 +1,5 @@
 """Remote models with the real demo pair: `nudging serve --mode base|nudger` on the same weights as the local
-engine (same answers), and llama-cpp-python's server on the demo GGUFs (built from source by setup.sh)."""
+engine (same answers), and llama-cpp-python's server on the demo GGUFs (built from source by setup.sh --tests)."""
 
 from __future__ import annotations
 
