@@ -30,6 +30,10 @@ def add_model_options(parser: argparse.ArgumentParser, sampling: bool = True, ke
                                                       f"openai:MODEL@URL (default {ModelSpecs.nudger})")
     group.add_argument("--dtype", default=None, choices=models.DTYPES, help="default auto")
     group.add_argument("--device", default=None, choices=models.DEVICES, help="default auto")
+    group.add_argument("--device-map", default=None, choices=models.DEVICE_MAPS,
+                       help="spread each local model's layers over the GPUs, then CPU memory, then disk (accelerate)")
+    group.add_argument("--quantize", default=None, choices=models.QUANTIZE,
+                       help="load local models in 8 or 4 bits (bitsandbytes; CUDA only)")
     group = parser.add_argument_group("remote models (openai:MODEL@URL)")
     group.add_argument(key_flag, dest="remote_api_key", default=None,
                        help="key for the model servers (default: $NUDGING_API_KEY, then $OPENAI_API_KEY)")
@@ -85,7 +89,7 @@ def model_options(args: argparse.Namespace) -> dict[str, Any]:
     client = {"timeout": args.timeout, "retries": args.retries}
     return {
         "base": args.base, "nudger": args.nudger, "anti_expert": args.anti_expert, "dtype": args.dtype,
-        "device": args.device, "api_key": args.remote_api_key, "base_tokenizer": args.base_tokenizer,
+        "device": args.device, "device_map": args.device_map, "quantize": args.quantize, "api_key": args.remote_api_key, "base_tokenizer": args.base_tokenizer,
         "nudger_tokenizer": args.nudger_tokenizer, "remote_protocol": args.remote_protocol,
         "client_settings": ClientSettings(**{k: v for k, v in client.items() if v is not None}),
         "alpha": args.alpha, "top_k": args.ensemble_top_k,

@@ -39,8 +39,21 @@ class ModelSpecs:
 
 @dataclass(frozen=True)
 class LocalOptions:
+    """How local models load (each one of a pair alike). `device_map` "auto": accelerate spreads the layers over
+    the GPUs, then CPU memory (up to `max_memory`, e.g. {0: "70GiB", "cpu": "100GiB"}), then `offload_folder`
+    (default: under the cache directory); a dict places modules by name. `quantize`: "8bit" or "4bit"
+    (bitsandbytes, CUDA only)."""
+
     dtype: str = "auto"
     device: str = "auto"
+    device_map: str | dict | None = None
+    quantize: str | None = None
+    max_memory: dict | None = None
+    offload_folder: str | None = None
+
+    def load(self, source: str) -> tuple[Any, Any]:
+        return models.load(source, self.dtype, self.device, device_map=self.device_map, quantize=self.quantize,
+                           max_memory=self.max_memory, offload_folder=self.offload_folder)
 
 
 @dataclass(frozen=True)
@@ -122,6 +135,8 @@ def load_models(spec: LoadSpec) -> dict[str, Model | None]:
     _, unfit = fitting(list(spec.methods), spec.models.base, spec.models.nudger, spec.models.anti_expert)
     if unfit:
         raise unfit_error(*next(iter(unfit.items())))
+    if sources:
+        models.check_placement(spec.local.device_map, spec.local.quantize)
     reads_probabilities = {role for name in spec.methods for role in METHODS[name].logprobs}
     loaded: dict[str, Model | None] = {role: None for role in ROLES}
     for role in ROLES:
@@ -130,7 +145,7 @@ def load_models(spec: LoadSpec) -> dict[str, Model | None]:
         if is_remote(spec.models.of(role)):
             loaded[role] = _connect(spec, role, "base" if role in reads_probabilities else "nudger")
         else:
-            model, tokenizer = models.load(sources[role], spec.local.dtype, spec.local.device)
+            model, tokenizer = spec.local.load(sources[role])
             loaded[role] = LocalModel(model, tokenizer, name=role, sampling=spec.sampling(role))
     return loaded
 

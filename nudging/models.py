@@ -23,6 +23,8 @@ from nudging.hub import go_offline_unless_reachable
 
 DTYPES = ("auto", "float32", "bfloat16", "float16", "float64")
 DEVICES = ("auto", "cpu", "cuda")
+DEVICE_MAPS = ("auto",)  # accelerate: layers over the GPUs, then CPU memory, then disk (the Python API also takes a dict)
+QUANTIZE = ("8bit", "4bit")  # bitsandbytes, CUDA only
 
 
 @dataclass(frozen=True)
@@ -262,14 +264,64 @@ def _tokenizer(spec: str, source: str) -> Any:
         raise ModelNotFoundError(f"could not load model {spec!r}{where}: {_first_line(error)}") from None
 
 
-def load(spec: str, dtype: str = "auto", device: str = "auto") -> tuple[Any, Any]:
-    """(model, tokenizer) for a spec, on the device and in the dtype asked for."""
+def load(spec: str, dtype: str = "auto", device: str = "auto", *, device_map: str | dict | None = None,
+         quantize: str | None = None, max_memory: dict | None = None, offload_folder: str | None = None) -> tuple[Any, Any]:
+    """(model, tokenizer) for a spec, on the device and in the dtype asked for; with `device_map`, its layers spread
+    by accelerate (over `max_memory`, spilling to `offload_folder`); with `quantize`, in 8 or 4 bits (bitsandbytes).
+    Without a device map, the weights are first checked to fit on the device (one clear error if they don't)."""
     source = resolve(spec)
+    check_placement(device_map, quantize)
     device = pick_device(device)
     torch_dtype = pick_dtype(dtype, device)
     tokenizer = _tokenizer(spec, source)
-    model = _causal_lm(lambda auto: auto.from_pretrained(source, dtype=torch_dtype), spec)
-    return model.to(device), tokenizer
+    if device_map is None:
+        _check_memory(spec, source, torch_dtype, quantize, device)
+    options: dict[str, Any] = {"dtype": torch_dtype}
+    if quantize is not None:
+        options["quantization_config"] = _bits_and_bytes(quantize, torch_dtype)
+        device_map = device_map or {"": device}
+    if device_map is not None:
+        folder = offload_folder or str(cache_dir() / "offload" / hashlib.sha256(source.encode()).hexdigest()[:12])
+        options.update(device_map=device_map, max_memory=max_memory, offload_folder=folder)
+    model = _causal_lm(lambda auto: auto.from_pretrained(source, **options), spec)
+    return (model if device_map is not None else model.to(device)), tokenizer
+
+
+def check_placement(device_map: str | dict | None, quantize: str | None) -> None:
+    """--device-map and --quantize: known values, and quantizing only where bitsandbytes can run (CUDA)."""
+    if device_map is not None and not isinstance(device_map, dict) and device_map not in DEVICE_MAPS:
+        raise InvalidArgumentError(f"device_map must be one of {', '.join(DEVICE_MAPS)} (or a dict of module -> "
+                                   f"device), got {device_map!r}")
+    if quantize is None:
+        return
+    if quantize not in QUANTIZE:
+        raise InvalidArgumentError(f"quantize must be one of {', '.join(QUANTIZE)}, got {quantize!r}")
+    import torch
+
+    if not torch.cuda.is_available():
+        raise InvalidArgumentError("--quantize needs a CUDA GPU and bitsandbytes; this machine has no CUDA device: "
+                                   "use --device-map auto or a served base (openai:MODEL@URL)")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise InvalidArgumentError("--quantize needs bitsandbytes, which is not installed: pip install "
+                                   "'nudging[gpu]' (or bitsandbytes>=0.43)")
+
+
+def _bits_and_bytes(quantize: str, torch_dtype: Any) -> Any:
+    from transformers import BitsAndBytesConfig
+
+    if quantize == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=torch_dtype, bnb_4bit_quant_type="nf4")
+
+
+def _check_memory(spec: str, source: str, torch_dtype: Any, quantize: str | None, device: str) -> None:
+    from nudging import memory
+
+    try:
+        needed = memory.parameter_bytes(source, torch_dtype, quantize)
+    except (OSError, ValueError, KeyError):
+        return  # not a config transformers can build: loading it says why
+    memory.check_fits(spec, needed, memory.free_bytes(device), device)
 
 
 def _causal_lm(loader: Any, spec: str) -> Any:

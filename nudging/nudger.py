@@ -52,7 +52,8 @@ class Nudger:
         `demo-base`/`demo-nudger`, or a model on an OpenAI-compatible server, `openai:MODEL@http://HOST:PORT/v1`.
 
         `options`: fields of nudging.loading.LoadSpec and its parts (gamma, lookahead, max_new_tokens, system,
-        dtype, device, base_sampling, nudger_sampling, mode or methods (only their models load), anti_expert,
+        dtype, device, device_map, quantize, max_memory, offload_folder (large models: nudging.loading.LocalOptions),
+        base_sampling, nudger_sampling, mode or methods (only their models load), anti_expert,
         alpha, top_k, api_key, base_tokenizer, nudger_tokenizer, remote_protocol, client_settings, calibration),
         or a whole `spec`. `gamma="auto"`: the gamma `nudging calibrate` stored for this pair, else one
         calibrated now (and stored); `gamma_note` says which."""

@@ -21,7 +21,7 @@ from typing import Any, Iterator, Mapping, Sequence
 import torch
 
 from nudging.backends.interface import Model
-from nudging.backends.local import LocalModel
+from nudging.backends.local import LocalModel, input_device
 
 INITIAL_CAPACITY = 1024  # cached positions per model before the first growth
 PASS_TOKENS = 2048  # new tokens per packed pass at most (the masks are queries x keys): more make several passes
@@ -56,7 +56,7 @@ class PackedCache:
         for store in (self.keys, self.values):
             for layer, tensor in enumerate(store):
                 fresh = tensor.new_zeros((tensor.shape[0], tensor.shape[1], capacity, tensor.shape[3]))
-                fresh[:, :, : len(indices)] = tensor.index_select(2, indices)
+                fresh[:, :, : len(indices)] = tensor.index_select(2, indices.to(tensor.device))  # sharded: per layer
                 store[layer] = fresh
         self.capacity = capacity
         self.length = len(indices)
@@ -98,7 +98,7 @@ class PackedModel:
         capacity = capacity or INITIAL_CAPACITY
         self.model = model
         self.cache = PackedCache(capacity)
-        device = model.device
+        device = input_device(model)
         self._lane_of = torch.full((capacity,), -1, dtype=torch.long, device=device)  # -1: a hole
         self._position_of = torch.zeros(capacity, dtype=torch.long, device=device)
         self._slots: dict[int, list[int]] = {}  # lane -> cache index of each of its positions, in order

@@ -72,6 +72,16 @@ def context_length(model: Any) -> int | None:
     return None
 
 
+def input_device(model: Any) -> torch.device:
+    """Where a model takes its input ids: its embedding's device, which on a model sharded by accelerate is the
+    first layer's (an embedding offloaded to CPU memory or disk runs where its hook puts it)."""
+    embeddings = model.get_input_embeddings()
+    if embeddings.weight.device.type != "meta":
+        return embeddings.weight.device
+    hook = getattr(embeddings, "_hf_hook", None)
+    return torch.device(getattr(hook, "execution_device", None) or "cpu")
+
+
 class Sampler:
     """How one generation picks a model's next token: argmax, or a draw from softmax(logits / temperature)
     within top_p, with a generator of its own (seeded: reproducible; else freshly random)."""
@@ -181,9 +191,9 @@ class LocalModel(TokenizedModel):
         self.drafts = Drafts()
         self.guesser: Callable[[str], str] | None = None  # run text -> a guess at what follows, this generation
 
-    @property
+    @functools.cached_property
     def device(self) -> torch.device:
-        return self.model.device
+        return input_device(self.model)
 
     @functools.cached_property
     def parameter_count(self) -> int:

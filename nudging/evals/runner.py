@@ -29,7 +29,7 @@ from nudging.pool import LanePool
 RESULT_VERSION = 1  # bump when prompts or scoring change, so old results are not mixed with new ones
 ENDED_BY_ITSELF = ("eos", "nudger_eos", "stop")  # "stop": in-context alignment reached its next "# Query"
 # left out of the key while unset, so older result files keep their names
-LATER_FIELDS = ("base_protocol", "anti_expert", "alpha", "top_k")
+LATER_FIELDS = ("base_protocol", "anti_expert", "alpha", "top_k", "quantize")
 
 
 @dataclass(frozen=True)
@@ -51,6 +51,7 @@ class RunSettings:
     anti_expert: str | None = None  # proxy tuning
     alpha: float | None = None  # proxy tuning
     top_k: int | None = None  # ensemble-text
+    quantize: str | None = None  # local models in 8 or 4 bits: other answers than in dtype
 
     @property
     def key(self) -> str:
@@ -107,6 +108,7 @@ class EvalRequest:
             anti_expert=spec.models.anti_expert if method == "proxy-tuning" else None,
             alpha=float(spec.baselines.alpha) if method == "proxy-tuning" else None,
             top_k=spec.baselines.top_k if method == "ensemble-text" else None,
+            quantize=spec.local.quantize,
         )
 
 
