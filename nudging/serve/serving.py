@@ -262,10 +262,10 @@ async def chat(service: Service, settings: ServerSettings, body: ChatCompletionR
     messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text} for m in body.messages]
     nudger = service.template.nudger
     nudger_prompt = prompts.chat_prompt_for(nudger.tokenizer, messages) if nudger is not None else ""
-    _check_budget(settings, "max_tokens", body.max_tokens)  # refused even where max_completion_tokens wins
+    for name in ("max_tokens", "max_completion_tokens"):  # each is checked, even the one that does not count
+        _check_budget(settings, name, getattr(body, name))
     job = _job(service, settings, body, prompts.base_prompt_for(messages), nudger_prompt,
-               body.max_completion_tokens or body.max_tokens, prompt_field="messages",
-               budget_field="max_completion_tokens" if body.max_completion_tokens else "max_tokens")
+               body.max_completion_tokens or body.max_tokens, prompt_field="messages")
     return await _respond(service, settings, job, body, request, chat=True)
 
 
@@ -275,9 +275,9 @@ def _check_budget(settings: ServerSettings, field: str, budget: int | None) -> N
 
 
 def _job(service: Service, settings: ServerSettings, body: AnyRequest, base_prompt: str, nudger_prompt: str,
-         max_tokens: int | None, prompt_field: str, budget_field: str = "max_tokens") -> Job:
+         max_tokens: int | None, prompt_field: str) -> Job:
     budget = max_tokens or settings.max_tokens
-    _check_budget(settings, budget_field, budget)
+    _check_budget(settings, "max_tokens", budget)
     mode = service.mode if body.nudging else "base"
     if mode == "base" and service.template.base is None:
         raise Unprocessable("this server has no base model to run without nudging", param="nudging")
