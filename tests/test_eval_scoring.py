@@ -204,3 +204,140 @@ def test_a_run_of_hundreds_of_digits_is_no_number():
 
 def test_choice_without_options_is_no_answer():
     assert extract_choice("The answer is B.", ()) is None
+
+
+# --- what repeats the prompt is no answer (issue 21) ---------------------------------------------------------
+CSQA_PROMPT = "Question: You are not in a library. Where do you keep money?\n" + "\n".join(
+    f"{letter}. {option}" for letter, option in zip("ABCDE", CSQA_OPTIONS))
+OPTION_LIST = CSQA_PROMPT.split("\n", 1)[1] + "\n"
+ECHO_UNTIL_BUDGET = OPTION_LIST + "Answer:\n" + (OPTION_LIST + "Answer:\n") * 12  # what the demo base wrote
+
+
+@pytest.mark.parametrize(
+    "output, expected",
+    [
+        # the degenerate shapes: option lists, with or without "Answer:", cut by the budget anywhere
+        (ECHO_UNTIL_BUDGET + "A. bank\nB. lib", None),
+        (ECHO_UNTIL_BUDGET + "A. ba", None),
+        (ECHO_UNTIL_BUDGET, None),
+        ("Answer:\n" + OPTION_LIST, None),
+        (OPTION_LIST + "Answer:\nA. bank", "A"),  # one list, then one option line: it is marked as the answer
+        ("(A) bank\n(B) library\n(C) department store", None),
+        ("- A. bank\n\n- B. library\n\n- C. department store", None),
+        ("**A.** bank\n**B.** library", None),
+        # near neighbours: a stated answer after a list counts
+        (OPTION_LIST + "Answer: C", "C"),
+        (OPTION_LIST + "The answer is C.", "C"),
+        (OPTION_LIST + "\nSo the answer is (c).", "C"),
+        ("A. bank is for money\nB. library is for books\n\nThe answer is A.", "A"),
+        # a repeated statement is that answer; a loop that states two answers, or none, is no answer
+        ("The answer is E.\n" * 20, "E"),
+        ("The answer is E. " * 20, "E"),
+        ("The answer is E.\n" * 20 + "The answer is", "E"),
+        ("Answer:\nC. department store\n" * 8, "C"),
+        ("The answer is A.\nThe answer is B.\n" * 6, None),
+        ("C. department store\n" * 8, None),
+        ("Answer:\n" * 30, None),
+        # one option line followed by reasoning counts, a loop after it too
+        ("C. department store\nBecause you buy things there.", "C"),
+        ("C. department store\n" + "Because you buy things there.\n" * 10, "C"),
+        ("The answer is D.\n" + OPTION_LIST * 5, "D"),
+    ],
+)
+def test_choice_tells_an_answer_from_a_repetition_of_the_prompt(output, expected):
+    assert extract_choice(output, CSQA_OPTIONS) == expected
+    assert extract_choice(output, CSQA_OPTIONS, CSQA_PROMPT) == expected
+
+
+@pytest.mark.parametrize(
+    "output, with_prompt, without_prompt",
+    [
+        ("You are not in a library. A bank.", "A", None),  # the echoed sentence names an option
+        ("Where do you keep money? In a bank.", "A", "A"),  # a question is never an answer
+        ("You are not in a library.", None, "B"),
+        ("It is a library.", "B", "B"),  # shorter than an echo, and not in the prompt
+    ],
+)
+def test_choice_skips_sentences_of_the_prompt(output, with_prompt, without_prompt):
+    assert extract_choice(output, CSQA_OPTIONS, CSQA_PROMPT) == with_prompt
+    assert extract_choice(output, CSQA_OPTIONS) == without_prompt
+
+
+COIN_PROMPT = ('Question: A coin is heads up. Ann flips the coin. Bob does not flip the coin. Is the coin still heads '
+               'up? Note that "flip" here means "reverse".')
+SPORTS_PROMPT = 'Question: Is the following sentence plausible? "Joao Moutinho caught the screen pass."'
+
+
+@pytest.mark.parametrize(
+    "output, prompt, expected",
+    [
+        (COIN_PROMPT.removeprefix("Question: "), COIN_PROMPT, None),
+        ("A coin is heads up. Ann flips the coin.", COIN_PROMPT, None),
+        ("A coin is heads up. Ann flips the coin. So the coin is tails up.", COIN_PROMPT, "no"),
+        ("Is the coin still heads up? No, Ann flipped it.", COIN_PROMPT, "no"),
+        (SPORTS_PROMPT.removeprefix("Question: "), SPORTS_PROMPT, None),
+        (SPORTS_PROMPT.removeprefix("Question: ") + "\nThe answer is no.", SPORTS_PROMPT, "no"),
+        ("Is the following sentence plausible?\n" * 12, "", None),
+        ("Yes or no?", "", None),
+        ("Yes.\n" * 12, "", None),
+        ("The answer is no.\n" * 12, "", "no"),
+        ("Yes\nAnswer:\n" * 12, "", "yes"),
+        ("Answer: yes\nAnswer: no\n" * 6, "", None),
+        ("Question:\nAnswer:\n" * 30, "", None),
+        ("No, it is tails up.\n" + "Step 1:\n" * 10, "", "no"),
+    ],
+)
+def test_yes_no_tells_an_answer_from_a_repetition_of_the_prompt(output, prompt, expected):
+    assert extract_yes_no(output, prompt) == expected
+
+
+GSM8K_PROMPT = ("Question: Miguel uses 2 pads of paper a week for his drawing. If there are 30 sheets of paper on a "
+                "pad of paper, how many sheets of paper does he use every month?")
+
+
+@pytest.mark.parametrize(
+    "output, prompt, expected",
+    [
+        ("".join(f"Step {n}:\n" for n in range(1, 45)) + "Step", "", None),  # a counter, not numbers of the item
+        ("Step 1: 2 * 4 = 8 pads\nStep 2: 8 * 30 = 240", "", "240"),
+        ("30% of the trees die\n10 years\n" * 15, "", None),
+        ("The answer is 18.\n" + "30% of the trees die\n" * 10, "", "18"),
+        ("The answer is 240.\n" * 12, "", "240"),
+        ("The answer is 5.\nThe answer is 6.\n" * 6, "", None),
+        ("Miguel uses 2 pads of paper a week for his drawing.", GSM8K_PROMPT, None),
+        ("Miguel uses 2 pads of paper a week for his drawing. He uses 8 pads, so 240 sheets.", GSM8K_PROMPT, "240"),
+        ("How many sheets of paper does he use in 4 weeks? 240.", "", "240"),
+        ("It costs $2.50? No, $3.", "", "3"),
+    ],
+)
+def test_number_tells_an_answer_from_a_repetition_of_the_prompt(output, prompt, expected):
+    assert extract_number(output, prompt) == expected
+
+
+LETTERS_PROMPT = 'Question: Take the last letters of each words in "Ann Bob Cy Dee" and concatenate them.'
+
+
+@pytest.mark.parametrize(
+    "output, prompt, expected",
+    [
+        (LETTERS_PROMPT.removeprefix("Question: "), LETTERS_PROMPT, None),
+        (LETTERS_PROMPT.removeprefix("Question: ") + ' The answer is "nbye".', LETTERS_PROMPT, "nbye"),
+        (LETTERS_PROMPT.removeprefix("Question: ") + "\n" + "Ann Bob Cy Dee\n" * 5, LETTERS_PROMPT, None),
+        ('The answer is "nbye".\n' * 8, "", "nbye"),
+        ('Ann -> n, Bob -> b, Cy -> y, Dee -> e: "nbye"', LETTERS_PROMPT, "nbye"),
+    ],
+)
+def test_letters_tell_an_answer_from_a_repetition_of_the_prompt(output, prompt, expected):
+    assert extract_letters(output, prompt) == expected
+
+
+def test_extract_passes_the_prompt_on():
+    assert extract("choice", "You are not in a library. A bank.", CSQA_OPTIONS, CSQA_PROMPT) == "A"
+    assert extract("yes_no", COIN_PROMPT.removeprefix("Question: "), (), COIN_PROMPT) is None
+    assert extract("number", "Miguel uses 2 pads of paper a week for his drawing.", (), GSM8K_PROMPT) is None
+
+
+def test_a_loop_is_found_at_its_first_copy():
+    reading = scoring.read("So it is C.\n\nA. x\nB. y\nA. x\nB. y\nA. x\nB. y\nA. x")
+    assert reading.before == "So it is C.\n\n" and reading.loop == "A. x\nB. y"
+    assert scoring.read("one\ntwo\none\ntwo\n").loop == ""  # two copies are not a loop

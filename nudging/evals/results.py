@@ -20,6 +20,7 @@ ROW_FIELDS: dict[str, tuple[tuple[type, ...], bool]] = {
     "id": ((str,), True),
     "kind": ((str,), False),
     "gold": ((str,), False),
+    "prompt": ((str,), False),
     "prediction": ((str,), False),
     "options": ((list,), False),
     "correct": ((bool, NONE), False),

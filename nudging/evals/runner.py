@@ -162,7 +162,7 @@ class LazyNudger:
 
 
 def score(task: Task, example: Example, prediction: str, judge: Judge | None) -> dict[str, Any]:
-    extracted = scoring.extract(task.kind, prediction, example.options)
+    extracted = scoring.extract(task.kind, prediction, example.options, task.render(example))
     rule_correct = scoring.is_correct(task.kind, extracted, example.gold)
     fields: dict[str, Any] = {"extracted": extracted, "rule_correct": rule_correct, "correct": rule_correct}
     if judge is None:
