@@ -27,6 +27,8 @@ class Summary:
     accuracy: float | None
     ci_low: float | None
     ci_high: float | None
+    no_answer: int | None  # items in which the rules find no answer (None for open-ended tasks)
+    no_answer_share: float | None
     mean_rating: float | None  # open-ended tasks with a judge
     ended_by_itself: int
     nudged_word_fraction: float | None
@@ -48,13 +50,27 @@ def wilson(correct: int, total: int) -> tuple[float, float]:
     return (max(0.0, min(p, centre - half)), min(1.0, max(p, centre + half)))  # rounding may cut p off at 0 or 1
 
 
+def extracted(row: dict[str, Any]) -> str | None:
+    """The answer the current rules find in a row's prediction."""
+    return scoring.extract(row["kind"], row.get("prediction", ""), tuple(row.get("options") or ()),
+                           row.get("prompt", ""))
+
+
 def verdict(row: dict[str, Any]) -> bool | None:
     """A row's correctness: the judge's where it judged, else the current extraction rules applied again, so a
     table never mixes answers scored by older rules with newer ones."""
     if "judge" in row or "kind" not in row or row.get("error"):
         return row.get("correct")
-    extracted = scoring.extract(row["kind"], row.get("prediction", ""), tuple(row.get("options") or ()))
-    return scoring.is_correct(row["kind"], extracted, row["gold"])
+    return scoring.is_correct(row["kind"], extracted(row), row["gold"])
+
+
+def answered(row: dict[str, Any]) -> bool | None:
+    """Whether the current rules find an answer in a row (judged or not: a judge's verdict says nothing about
+    that); None where no rule applies (open-ended tasks, rows without a kind). A row whose generation failed
+    has none."""
+    if row.get("kind", "open") == "open":
+        return None
+    return not row.get("error") and extracted(row) is not None
 
 
 def load_runs(folder: Path, warn: results.Warn | None = None) -> list[tuple[dict[str, Any], list[dict[str, Any]]]]:
@@ -88,6 +104,8 @@ def summarize(runs: list[tuple[dict[str, Any], list[dict[str, Any]]]]) -> list[S
         verdicts = [v for v in (verdict(row) for row in rows) if v is not None]
         ratings = [row["rating"] for row in rows if row.get("rating") is not None]
         correct = sum(bool(v) for v in verdicts)
+        answers = [a for a in (answered(row) for row in rows) if a is not None]
+        no_answer = answers.count(False) if answers else None
         low, high = wilson(correct, len(verdicts)) if verdicts else (None, None)
         nudged = None
         if meta["method"] == "nudging" and rows:
@@ -98,6 +116,7 @@ def summarize(runs: list[tuple[dict[str, Any], list[dict[str, Any]]]]) -> list[S
         summaries.append(Summary(
             task=meta["task"], method=label, items=len(rows), scored=len(verdicts), correct=correct,
             accuracy=correct / len(verdicts) if verdicts else None, ci_low=low, ci_high=high,
+            no_answer=no_answer, no_answer_share=no_answer / len(answers) if answers else None,
             mean_rating=sum(ratings) / len(ratings) if ratings else None,
             ended_by_itself=sum(bool(row.get("ended_by_itself")) for row in rows),
             nudged_word_fraction=nudged,
@@ -167,6 +186,13 @@ def markdown(summaries: list[Summary]) -> str:
         scores = [by[(t, method)].accuracy for t in tasks if (t, method) in by and by[(t, method)].accuracy is not None]
         averages.append(f"**{100 * sum(scores) / len(scores):.1f}**" if scores else "-")
     lines.append("| **average** | | " + " | ".join(averages) + " | |")
+    lines += ["", "## No answer (%): predictions in which the rules find no answer", "",
+              "| task | " + " | ".join(methods) + " |", "|---|" + "---:|" * len(methods)]
+    for task in tasks:
+        cells = [_share(by.get((task, m))) for m in methods]
+        lines.append(f"| {task} | " + " | ".join(cells) + " |")
+    lines.append("| **all** | " + " | ".join(f"**{_pooled_share([by[(t, m)] for t in tasks if (t, m) in by])}**"
+                                           for m in methods) + " |")
     lines += ["", "## Answers that ended by themselves (EOS before the token budget)", "",
               "| task | " + " | ".join(methods) + " |", "|---|" + "---:|" * len(methods)]
     totals = {m: [0, 0] for m in methods}
@@ -190,10 +216,23 @@ def markdown(summaries: list[Summary]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _share(summary: Summary | None) -> str:
+    if summary is None or summary.no_answer_share is None:
+        return "-"
+    return f"{100 * summary.no_answer_share:.0f}"
+
+
+def _pooled_share(summaries: list[Summary]) -> str:
+    """The no-answer share over all the items of rule-scored tasks."""
+    scored = [s for s in summaries if s.no_answer is not None]
+    items = sum(s.items for s in scored)
+    return f"{100 * sum(s.no_answer for s in scored) / items:.0f}" if items else "-"
+
+
 def _by_method(summaries: list[Summary], methods: list[str]) -> list[str]:
-    """One row per method over all its tasks: mean accuracy, answers that ended by themselves, time."""
-    lines = ["## By method", "", "| method | tasks | items | mean accuracy (%) | ended by itself | seconds per item |",
-             "|---|---:|---:|---:|---:|---:|"]
+    """One row per method over all its tasks: mean accuracy, no answer, answers that ended by themselves, time."""
+    lines = ["## By method", "", "| method | tasks | items | mean accuracy (%) | no answer (%) | ended by itself "
+             "| seconds per item |", "|---|---:|---:|---:|---:|---:|---:|"]
     for method in methods:
         mine = [s for s in summaries if s.method == method]
         scores = [s.accuracy for s in mine if s.accuracy is not None]
@@ -201,7 +240,8 @@ def _by_method(summaries: list[Summary], methods: list[str]) -> list[str]:
         seconds = sum(s.mean_seconds * s.items for s in mine) / items if items else 0.0
         accuracy = f"{100 * sum(scores) / len(scores):.1f}" if scores else "-"
         ended = sum(s.ended_by_itself for s in mine)
-        lines.append(f"| {method} | {len(mine)} | {items} | {accuracy} | {ended}/{items} | {seconds:.1f} |")
+        lines.append(f"| {method} | {len(mine)} | {items} | {accuracy} | {_pooled_share(mine)} | {ended}/{items} "
+                     f"| {seconds:.1f} |")
     return lines
 
 
