@@ -16,7 +16,7 @@ from nudging.evals import cli_eval
 from nudging.evals.tasks import TASK_NAMES
 from nudging.methods import MODES
 from nudging.result import GenerationResult
-from nudging.text import Span, check_unicode
+from nudging.text import Span, check_stops, check_unicode
 
 NUDGER_STYLE = "bold magenta"
 
@@ -29,13 +29,16 @@ def build_parser() -> argparse.ArgumentParser:
     generate = commands.add_parser("generate", help="answer a question (or several, batched)")
     generate.add_argument("question", nargs="*", help="the question (or use --base-prompt and --nudger-prompt); "
                                                       "several are answered together")
-    generate.add_argument("--prompts", help="questions from a file: one per line, or JSONL with a 'question' field")
+    generate.add_argument("--prompts", help="questions from a file: one per line, or JSONL with a 'question' field "
+                                            "(or raw 'base_prompt' and 'nudger_prompt' fields, used exactly as given)")
     generate.add_argument("--batch-size", type=int, default=BATCH_SIZE,
                           help="with several questions: how many are answered at once (forward passes shared)")
     generate.add_argument("--base-prompt", help="raw base prompt, used exactly as given")
     generate.add_argument("--nudger-prompt", help="raw nudger prompt, used exactly as given")
     generate.add_argument("--max-new-tokens", type=int, default=None,
                           help=f"answer budget in base tokens (default {NudgingConfig.max_new_tokens})")
+    generate.add_argument("--stop", action="append", default=None, metavar="TEXT",
+                          help="end the answer before this text, and stop decoding once it is written (repeatable)")
     generate.add_argument("--mode", default="nudging", choices=MODES,
                           help="nudging, one model alone (base, nudger), or a baseline: " + ", ".join(MODES[3:]))
     generate.add_argument("--json", action="store_true", help="print one JSON object")
@@ -107,12 +110,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    questions = [check_unicode(question, "QUESTION") for question in args.question]
+    questions: list[str | dict] = [check_unicode(question, "QUESTION") for question in args.question]
     for flag in ("base_prompt", "nudger_prompt", "system"):
         if getattr(args, flag) is not None:
             check_unicode(getattr(args, flag), f"--{flag.replace('_', '-')}")
+    check_stops(args.stop, "--stop")
     if args.prompts:
-        questions += prompts.read_prompts(args.prompts)
+        questions += prompts.read_prompts(args.prompts, raw=True)
     if len(questions) > 1 or args.prompts:
         return generate_many(args, questions)
     args.question = questions[0] if questions else None
@@ -123,7 +127,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     nudger = load_nudger(args, args.max_new_tokens, args.mode)
     if args.json:
         result = nudger.generate(
-            args.question, base_prompt=args.base_prompt, nudger_prompt=args.nudger_prompt, mode=args.mode
+            args.question, base_prompt=args.base_prompt, nudger_prompt=args.nudger_prompt, mode=args.mode,
+            stop=args.stop,
         )
         print(json.dumps(result.to_dict(), ensure_ascii=False))
         return 0
@@ -135,31 +140,35 @@ def cmd_generate(args: argparse.Namespace) -> int:
         console.print(span.text, style=NUDGER_STYLE if span.source == "nudger" else None, end="", markup=False)
 
     result = nudger.generate(
-        args.question, base_prompt=args.base_prompt, nudger_prompt=args.nudger_prompt, mode=args.mode, on_span=show
+        args.question, base_prompt=args.base_prompt, nudger_prompt=args.nudger_prompt, mode=args.mode,
+        stop=args.stop, on_span=show,
     )
     console.print()
     console.print(summary_line(result), style="dim", markup=False, soft_wrap=True)
     return 0
 
 
-def generate_many(args: argparse.Namespace, questions: list[str]) -> int:
-    """Several questions, `--batch-size` at a time; the answers are printed in the order of the questions."""
+def generate_many(args: argparse.Namespace, questions: list[str | dict]) -> int:
+    """Several questions (or raw prompt pairs), `--batch-size` at a time; the answers are printed in their order."""
     if args.base_prompt is not None or args.nudger_prompt is not None:
         raise NudgingError("--base-prompt/--nudger-prompt take one answer; give several questions without them")
     at_least(args, 1, "batch_size")
     nudger = load_nudger(args, args.max_new_tokens, args.mode)
     progress = None if args.json else lambda index, result: print(
         f"[{index + 1}/{len(questions)}] done", file=sys.stderr)
-    results = nudger.generate_batch(questions, batch_size=args.batch_size, mode=args.mode, on_result=progress)
+    results = nudger.generate_batch(questions, batch_size=args.batch_size, mode=args.mode, stop=args.stop,
+                                    on_result=progress)
     if args.json:
         for question, result in zip(questions, results):
-            print(json.dumps({"question": question, **result.to_dict()}, ensure_ascii=False))
+            asked = question if isinstance(question, dict) else {"question": question}
+            print(json.dumps({**asked, **result.to_dict()}, ensure_ascii=False))
         return 0
     from rich.console import Console
 
     console = Console(highlight=False)
     for question, result in zip(questions, results):
-        console.print(f"\n# {question}", style="bold", markup=False)
+        title = question if isinstance(question, str) else question.get("base_prompt", question.get("nudger_prompt"))
+        console.print(f"\n# {title}", style="bold", markup=False)
         for span in result.spans:
             console.print(span.text, style=NUDGER_STYLE if span.source == "nudger" else None, end="", markup=False)
         console.print()

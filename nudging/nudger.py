@@ -15,7 +15,7 @@ from nudging.errors import InvalidArgumentError
 from nudging.methods import MODES, ROLES, Call, Method, check_fits, method_named
 from nudging.pool import LanePool
 from nudging.result import GenerationResult, stats_of
-from nudging.text import Span, check_unicode, merge_spans
+from nudging.text import Span, StopScanner, check_stops, check_unicode, merge_spans
 
 Mode = Literal["nudging", "base", "nudger", "proxy-tuning", "ensemble", "ensemble-text", "in-context"]
 __all__ = ["MODES", "Mode", "Nudger"]
@@ -143,23 +143,23 @@ class Nudger:
     def generate(self, question: str | None = None, *, base_prompt: str | None = None,
                  nudger_prompt: str | None = None, system: str | None = None, mode: Mode = "nudging",
                  gamma: float | None = None, lookahead: int | None = None, max_new_tokens: int | None = None,
-                 sampling: dict[str, SamplingConfig] | None = None, on_span: Callable[[Span], None] | None = None,
-                 should_stop: Callable[[], bool] | None = None) -> GenerationResult:
+                 sampling: dict[str, SamplingConfig] | None = None, stop: str | Sequence[str] | None = None,
+                 on_span: Callable[[Span], None] | None = None, should_stop: Callable[[], bool] | None = None,
+                 ) -> GenerationResult:
         """Answer one question (or raw prompts, used exactly as given) and return text, spans, stop reason, stats.
 
-        gamma, lookahead and max_new_tokens (None: this Nudger's config) and `sampling` (by role) apply to this
-        generation only. `on_span` is called with each piece of the answer as soon as it is written;
-        `should_stop` is asked after each piece, and a true answer ends the generation with stop reason "stop"
-        (a stop string was written, or the client went away).
-        """
+        gamma, lookahead, max_new_tokens (None: this Nudger's config), `sampling` (by role) and `stop` (strings: the
+        answer ends before the first one written, and so does decoding) apply to this generation only. `on_span` gets
+        each piece as it is written; `should_stop` is asked after each, and true ends with stop reason "stop"."""
         config = self.config.with_overrides(gamma=gamma, lookahead=lookahead, max_new_tokens=max_new_tokens)
+        stops = check_stops(stop)
         with self.batch.member() if self.batch is not None else nullcontext():  # a lane: one of the batch's members
             state = EngineState()
             before = {name: m.counters.to_dict() for name, m in self._models().items()}
             started = time.perf_counter()
             pieces = self.stream(question, base_prompt=base_prompt, nudger_prompt=nudger_prompt, system=system,
                                  mode=mode, config=config, state=state, sampling=sampling)
-            spans = merge_spans(_tap(pieces, on_span, should_stop, state))
+            spans = merge_spans(_tap(_until_stop(pieces, stops, state), on_span, should_stop, state))
             seconds = time.perf_counter() - started
             work = {name: {key: value - before[name][key] for key, value in m.counters.to_dict().items()}
                     for name, m in self._models().items()}
@@ -213,6 +213,23 @@ def _tap(spans: Iterator[Span], callback: Callable[[Span], None] | None, should_
             state.stop_reason = "stop"
             spans.close()  # type: ignore[attr-defined]
             return
+
+
+def _until_stop(pieces: Iterator[Span], stops: list[str], state: EngineState) -> Iterator[Span]:
+    """The pieces up to the first stop string; the generation ends as soon as one is written."""
+    return _cut_at_stop(pieces, StopScanner(stops), state) if stops else pieces
+
+
+def _cut_at_stop(pieces: Iterator[Span], scanner: StopScanner, state: EngineState) -> Iterator[Span]:
+    try:
+        for span in pieces:
+            yield from scanner.feed(span)
+            if scanner.stopped:
+                state.stop_reason = "stop"
+                return
+        yield from scanner.flush()
+    finally:
+        pieces.close()  # type: ignore[attr-defined]
 
 
 def _finishing(pieces: Iterator[Span], models: list[Model]) -> Iterator[Span]:

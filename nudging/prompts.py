@@ -108,8 +108,12 @@ def default_prompts(batch: int) -> list[str]:
     return BUILT_IN_PROMPTS[: max(len(DEFAULT_PROMPTS), min(batch, len(BUILT_IN_PROMPTS)))]
 
 
-def read_prompts(path: str) -> list[str]:
-    """One question per line, or JSONL objects with a `question` (or `prompt`) field."""
+RAW_FIELDS = ("base_prompt", "nudger_prompt")
+
+
+def read_prompts(path: str, raw: bool = False) -> list[Any]:
+    """One question per line, or JSONL objects with a `question` (or `prompt`) field. With `raw`, a JSONL object
+    may instead hold raw prompts (`base_prompt`, `nudger_prompt`), returned as a dict of those fields."""
     file = Path(path)
     if not file.is_file():
         raise InvalidArgumentError(f"--prompts: no such file {path}")
@@ -127,7 +131,10 @@ def read_prompts(path: str) -> list[str]:
                 record = json.loads(line)
             except json.JSONDecodeError as error:
                 raise InvalidArgumentError(f"--prompts: line {number} of {path} is not valid JSON: {error}") from None
-            text = record.get("question", record.get("prompt"))
+            if raw and isinstance(record, dict) and any(field in record for field in RAW_FIELDS):
+                prompts.append(_raw_prompts(record, f"--prompts: line {number} of {path}"))
+                continue
+            text = record.get("question", record.get("prompt")) if isinstance(record, dict) else None
             if not isinstance(text, str):
                 raise InvalidArgumentError(f"--prompts: line {number} of {path} has no 'question' string")
             prompts.append(check_unicode(text, f"--prompts: line {number} of {path}"))
@@ -136,3 +143,12 @@ def read_prompts(path: str) -> list[str]:
     if not prompts:
         raise InvalidArgumentError(f"--prompts: {path} holds no prompts")
     return prompts
+
+
+def _raw_prompts(record: dict, where: str) -> dict[str, str]:
+    fields = {field: record[field] for field in RAW_FIELDS if field in record}
+    for field, text in fields.items():
+        if not isinstance(text, str):
+            raise InvalidArgumentError(f"{where}: '{field}' must be a string")
+        check_unicode(text, f"{where}: '{field}'")
+    return fields

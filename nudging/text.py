@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Iterable, Literal
+from typing import Iterable, Literal, Sequence
 
 from nudging.errors import InvalidArgumentError
 
@@ -72,6 +72,16 @@ def count_words(spans: list[Span]) -> tuple[int, int]:
     words = [match.start() for match in _WORD.finditer(text)]
     nudged = sum(1 for start in words if owner[start] == "nudger")
     return nudged, len(words)
+
+
+def check_stops(stop: str | Sequence[str] | None, what: str = "stop") -> list[str]:
+    """Stop strings as a list: None (none), one string, or a list of non-empty strings; else one clear error."""
+    if stop is None:
+        return []
+    stops = [stop] if isinstance(stop, str) else stop
+    if not isinstance(stops, (list, tuple)) or not all(isinstance(s, str) and s for s in stops):
+        raise InvalidArgumentError(f"{what} must be a non-empty string or a list of them, got {stop!r}")
+    return [check_unicode(s, what) for s in stops]
 
 
 class StopScanner:
