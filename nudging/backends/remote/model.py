@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Any, Iterator, Literal, Sequence
+from typing import Any, Collection, Iterator, Literal, Sequence
 
 from nudging.backends.interface import Choice, TokenizedModel, best_strings
 from nudging.config import NudgingConfig, SamplingConfig
@@ -78,18 +78,24 @@ def _top1_prob(logprob: float | None, top: dict[str, float] | None) -> float:
     return math.exp(max(values)) if values else math.nan
 
 
-def tokens_of(text: str, logprobs: dict[str, Any] | None) -> list[_Token]:
+def tokens_of(text: str, logprobs: dict[str, Any] | None, stop_tokens: Collection[str] = ()) -> list[_Token]:
     """The tokens of one response or chunk: each token's piece and top-1 probability.
 
     Servers may hold back a multi-byte character and send it with a later token, and some drop the bytes of a
     partial character from token strings; where the token strings do not add up to the text, the text goes to
-    the last token.
+    the last token. `stop_tokens`: for a response that ended by EOS, the special tokens' strings; vLLM lists the
+    token it stopped at (its text left out) as the last entry, llama-cpp-python does not, and it is no token of
+    the run.
     """
     strings = (logprobs or {}).get("tokens") or []
+    values = (logprobs or {}).get("token_logprobs") or [None] * len(strings)
+    tops = (logprobs or {}).get("top_logprobs") or [None] * len(strings)
+    if strings and strings[-1] in stop_tokens and not text.endswith(strings[-1]):
+        strings, values, tops = strings[:-1], values[:-1], tops[:-1]
+        if not strings:
+            return []
     if not strings:
         return [_Token(text, math.nan)] if text else []
-    values = logprobs.get("token_logprobs") or [None] * len(strings)
-    tops = logprobs.get("top_logprobs") or [None] * len(strings)
     probs = [_top1_prob(v, t) for v, t in zip(values, tops)]
     pieces = list(strings) if "".join(strings) == text else [""] * (len(strings) - 1) + [text]
     return [_Token(piece, prob, top) for piece, prob, top in zip(pieces, probs, tops)]
@@ -158,6 +164,10 @@ class RemoteModel(TokenizedModel):
         return f"{self.name} ({self.remote_name} at {self.client.base_url})"
 
     # --- requests -------------------------------------------------------------------------------------------
+    def stop_tokens(self, choice: dict[str, Any]) -> Collection[str]:
+        """What may end a response's token list without being a token of the run (see tokens_of)."""
+        return self.special_strings if choice.get("finish_reason") == "stop" else ()
+
     def body(self, prompt: str, max_tokens: int, **fields: Any) -> dict[str, Any]:
         sampling = self.generation_sampling
         body: dict[str, Any] = {"model": self.remote_name, "prompt": prompt, "max_tokens": max_tokens,
@@ -376,7 +386,7 @@ class RemoteRun:
             try:
                 for chunk in chunks:
                     choice = (chunk.get("choices") or [{}])[0]
-                    tokens = tokens_of(choice.get("text") or "", choice.get("logprobs"))
+                    tokens = tokens_of(choice.get("text") or "", choice.get("logprobs"), model.stop_tokens(choice))
                     if self.probabilities:  # one entry per token: skip by count
                         drop = min(skip_tokens, len(tokens))
                         skip_tokens -= drop
@@ -404,7 +414,7 @@ class RemoteRun:
         model.counters.chunked_requests += 1
         payload = model.complete(model.body(prompt, AUTHORS_CHUNK, logprobs=max(1, self.top_k)))
         choice = payload["choices"][0]
-        yield {"tokens": tokens_of(choice.get("text") or "", choice.get("logprobs")),
+        yield {"tokens": tokens_of(choice.get("text") or "", choice.get("logprobs"), model.stop_tokens(choice)),
                "finish_reason": choice.get("finish_reason") or "length"}
 
     def _read_chunk(self) -> None:

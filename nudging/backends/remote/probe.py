@@ -151,7 +151,7 @@ def _echo_layout(client: CompletionClient, request: dict[str, Any], first, token
     offsets, tops = logprobs.get("text_offset") or [], logprobs.get("top_logprobs") or []
     if len(tokenizer(text)["input_ids"]) != len(tokenizer(PROBE_PROMPT)["input_ids"]) + 1:
         return None  # the probe token merged with the prompt: cannot tell
-    at = next((i for i, offset in enumerate(offsets) if offset == len(PROBE_PROMPT)), None)
+    at = _prompt_end(offsets, logprobs.get("tokens") or [], tokenizer)
     if at is None:
         return None
 
@@ -164,6 +164,21 @@ def _echo_layout(client: CompletionClient, request: dict[str, Any], first, token
         return "aligned"
     if predicts(at - 1):
         return "shifted"
+    return None
+
+
+def _prompt_end(offsets: list[Any], tokens: list[Any], tokenizer: Any) -> int | None:
+    """The index of the first echoed entry after the probe prompt: by `text_offset`, or, where the offsets count
+    a special token's text that the echoed text leaves out (vLLM counts gemma's "<bos>"), by the tokens' text."""
+    at = next((i for i, offset in enumerate(offsets) if offset == len(PROBE_PROMPT)), None)
+    if at is not None:
+        return at
+    specials = [""] + [str(s) for s in getattr(tokenizer, "all_special_tokens", [])]
+    joined = ""
+    for i, token in enumerate(tokens):
+        if joined in (special + PROBE_PROMPT for special in specials):
+            return i
+        joined += str(token)
     return None
 
 
