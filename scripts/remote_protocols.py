@@ -2,7 +2,7 @@
 authors' 16-token chunks (re-tokenizing the text between requests) change an answer against one streamed
 base stage per takeover, which follows the spec exactly.
 
-    python scripts/remote_protocols.py [--server nudging|llama-cpp] [--gsm8k 20] [--max-new-tokens 128]
+    python scripts/remote_protocols.py [--server nudging|llama-cpp|vllm] [--gsm8k 20] [--max-new-tokens 128]
 
 Starts the two servers itself on loopback ports, runs the bench's demo prompts plus the first GSM8K items of
 the eval's seeded sample, and prints a markdown table (and --json FILE for the rows).
@@ -26,6 +26,11 @@ PROTOCOLS = ("per-word", "echo", "chunked")
 
 
 def start(kind: str):
+    if kind == "vllm":
+        from vllm_servers import start_vllm_servers
+
+        (base, base_url), (nudger, nudger_url) = start_vllm_servers(["demo-base", "demo-nudger"])
+        return [base, nudger], base_url, nudger_url
     if kind == "llama-cpp":
         from llama_servers import start_llama_server
 
@@ -41,7 +46,7 @@ def start(kind: str):
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--server", choices=("nudging", "llama-cpp"), default="nudging")
+    parser.add_argument("--server", choices=("nudging", "llama-cpp", "vllm"), default="nudging")
     parser.add_argument("--gsm8k", type=int, default=20, help="GSM8K items added to the 4 demo prompts")
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--protocols", nargs="+", default=list(PROTOCOLS), choices=PROTOCOLS)
@@ -71,7 +76,12 @@ def main() -> int:
                 f"{p}: {row[p]['base_requests'] + row[p]['nudger_requests']} req" for p in pairs), file=sys.stderr)
     finally:
         for process in processes:
-            process.terminate()
+            if args.server == "vllm":
+                from vllm_servers import stop_vllm
+
+                stop_vllm(process)  # and its engine processes
+            else:
+                process.terminate()
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     reference = args.protocols[0]

@@ -4,6 +4,9 @@ engine's answers with every remote protocol."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import time
 
 import pytest
@@ -84,6 +87,22 @@ def test_a_refused_key_and_a_wrong_model_name_are_clear_errors(vllm_pair):
         connect(f"openai:demo-base@{url}", role="base", api_key="wrong")
     with pytest.raises(RemoteError, match=f"^{url} does not serve model 'gpt-9'; it serves: demo-base$"):
         connect(f"openai:gpt-9@{url}", role="base", api_key=TEST_KEY)
+
+
+def test_eval_over_vllm_gives_the_same_predictions_at_any_concurrency(vllm_pair, tmp_path):
+    """`nudging eval --concurrency 4` sends four items' requests at once, which vLLM batches."""
+    predictions = {}
+    for concurrency in (1, 4):
+        out = tmp_path / f"c{concurrency}"
+        subprocess.run([sys.executable, "-m", "nudging.cli", "eval", "--task", "coin_flip", "--limit", "4",
+                        "--method", "nudging", "--max-new-tokens", "24", "--base",
+                        f"openai:demo-base@{vllm_pair['base_url']}", "--nudger",
+                        f"openai:demo-nudger@{vllm_pair['nudger_url']}", "--api-key", TEST_KEY, "--concurrency",
+                        str(concurrency), "--out", str(out)], check=True, capture_output=True, timeout=600)
+        rows = [json.loads(line) for path in out.glob("*.jsonl") for line in path.read_text().splitlines()]
+        predictions[concurrency] = {row["id"]: row["prediction"] for row in rows}
+    assert len(predictions[1]) == 4 and all(predictions[1].values())
+    assert predictions[4] == predictions[1]
 
 
 def test_a_vllm_server_stopped_mid_answer_is_an_error_not_a_hang(vllm_pair):
