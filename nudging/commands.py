@@ -14,7 +14,7 @@ from typing import Any
 from nudging import models
 from nudging.backends.remote.client import ClientSettings
 from nudging.backends.remote.model import PROTOCOLS
-from nudging.config import MAX_LOOKAHEAD, MAX_TOP_K, BaselineConfig, NudgingConfig, SamplingConfig
+from nudging.config import MAX_LOOKAHEAD, MAX_TOP_K, RULES, BaselineConfig, NudgingConfig, SamplingConfig
 from nudging.errors import InvalidArgumentError
 from nudging.evals import runner
 from nudging.loading import AUTO, LoadSpec, ModelSpecs, announce_auto_gamma
@@ -57,6 +57,15 @@ def add_model_options(parser: argparse.ArgumentParser, sampling: bool = True, ke
                             "~/.config/nudging/calibration.json)")
     group.add_argument("--lookahead", type=int, default=None, help="tokens the nudger writes per round (default "
                                                                    f"{NudgingConfig.lookahead}, at most {MAX_LOOKAHEAD})")
+    group.add_argument("--rule", default=None, help=f"one of {', '.join(RULES)}: when the base counts as confident (its score >= gamma): top1 "
+                       "(its top-1 probability; the paper's), entropy (exp(-entropy)), margin (top-1 minus top-2), "
+                       f"agreement (top1, and the nudger writes only words that start with one of the base's top-k "
+                       f"strings) (default {NudgingConfig.rule}; docs/NUDGING_SPEC.md)")
+    group.add_argument("--agreement-k", type=int, default=None, help="--rule agreement: the base's most likely "
+                       f"strings a nudged word may start with (1-{MAX_TOP_K}, default {NudgingConfig.agreement_k})")
+    group.add_argument("--max-nudged-fraction", type=float, default=None, metavar="F",
+                       help="once the nudger has written more than F (0-1) of the answer's words, the base writes the "
+                            "rest (default: no cap)")
     group = parser.add_argument_group("baselines (proxy-tuning, ensemble-text)")
     group.add_argument("--anti-expert", default=None,
                        help="proxy tuning's anti-expert: the nudger's untuned base, with the same vocabulary")
@@ -92,7 +101,8 @@ def model_options(args: argparse.Namespace) -> dict[str, Any]:
         "device": args.device, "device_map": args.device_map, "quantize": args.quantize, "api_key": args.remote_api_key, "base_tokenizer": args.base_tokenizer,
         "nudger_tokenizer": args.nudger_tokenizer, "remote_protocol": args.remote_protocol,
         "client_settings": ClientSettings(**{k: v for k, v in client.items() if v is not None}),
-        "alpha": args.alpha, "top_k": args.ensemble_top_k,
+        "alpha": args.alpha, "top_k": args.ensemble_top_k, "rule": args.rule, "agreement_k": args.agreement_k,
+        "max_nudged_fraction": args.max_nudged_fraction,
     }
 
 

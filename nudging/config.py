@@ -13,6 +13,9 @@ MAX_LOOKAHEAD = 256  # tokens per lookahead at most: the nudger writes words, no
 GAMMA_RANGE = (0.0, 1.0)  # open: gamma lies strictly between the two
 TOP_P_RANGE = (0.0, 1.0)  # half-open: above the first, up to and including the second
 SEED_RANGE = (-(2**63), 2**63 - 1)  # a signed 64-bit integer, as torch and OpenAI-compatible servers (vLLM) take
+# Acceptance rules (nudging.rules, NUDGING_SPEC.md "Other acceptance rules"); each compares its score with gamma.
+RULES = ("top1", "entropy", "margin", "agreement")
+MAX_TOP_K = 20  # the most top logprobs vLLM returns by default (--max-logprobs)
 
 
 @dataclass(frozen=True)
@@ -22,8 +25,19 @@ class NudgingConfig:
     gamma: float = 0.3
     lookahead: int = 16
     max_new_tokens: int = 512
+    rule: str = "top1"  # when the base counts as confident: one of RULES
+    agreement_k: int = 5  # the agreement rule: how many of the base's most likely strings the nudger may write
+    max_nudged_fraction: float | None = None  # once the nudger wrote more than this share of words, the base writes on
 
     def __post_init__(self) -> None:
+        if self.rule not in RULES:
+            raise InvalidArgumentError(f"rule must be one of {', '.join(RULES)}, got {self.rule!r}")
+        if isinstance(self.agreement_k, bool) or not isinstance(self.agreement_k, int) or not 1 <= self.agreement_k <= MAX_TOP_K:
+            raise InvalidArgumentError(f"agreement_k must be an integer from 1 to {MAX_TOP_K}, got {self.agreement_k!r}")
+        fraction = self.max_nudged_fraction
+        if fraction is not None and (isinstance(fraction, bool) or not isinstance(fraction, (int, float))
+                                     or not 0 <= fraction <= 1):
+            raise InvalidArgumentError(f"max_nudged_fraction must be a number from 0 to 1, got {fraction!r}")
         low, high = GAMMA_RANGE
         if isinstance(self.gamma, bool) or not isinstance(self.gamma, (int, float)) or not low < self.gamma < high:
             raise InvalidArgumentError(
@@ -80,8 +94,6 @@ class ServerSettings:
     max_tokens_limit: int = 4096  # the most a request may ask for
     max_body_bytes: int = 1_000_000
 
-
-MAX_TOP_K = 20  # the most top logprobs vLLM returns by default (--max-logprobs)
 
 
 @dataclass(frozen=True)

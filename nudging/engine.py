@@ -1,7 +1,7 @@
 """The nudging algorithm (NUDGING_SPEC.md), written as a generator of answer spans.
 
-A large base model writes the answer; wherever its top-1 probability falls below gamma the small aligned
-nudger writes the next word(s). The models exchange text only. This module is the one place the algorithm lives:
+A large base model writes the answer; wherever its top-1 probability falls below gamma (or the score of another
+acceptance rule, nudging.rules) the small aligned nudger writes the next word(s). The models exchange text only. This module is the one place the algorithm lives:
 the CLI, the server and the evaluation consume its spans. Each round is recorded in `state.trace`.
 """
 
@@ -13,7 +13,8 @@ from typing import Iterator, Literal
 from nudging.backends.interface import Choice, Model, Run
 from nudging.config import NudgingConfig
 from nudging.errors import ContextWindowFull
-from nudging.text import Source, Span, join_words, split_lookahead
+from nudging.rules import Rule, rule_of
+from nudging.text import Source, Span, WordCount, join_words, split_lookahead
 from nudging.trace import RoundTrace
 
 StopReason = Literal["nudger_eos", "repetition", "length", "eos", "stop"]
@@ -27,6 +28,7 @@ class EngineState:
     stop_reason: StopReason | None = None
     nudges: list[str] = field(default_factory=list)
     trace: list[RoundTrace] = field(default_factory=list)  # one entry per round
+    words: WordCount = field(default_factory=WordCount)  # the answer's words by source, for the intervention cap
 
     @property
     def rounds(self) -> int:
@@ -54,22 +56,40 @@ def _rounds(
     def budget_reached() -> bool:
         return base.count_tokens(state.answer) >= config.max_new_tokens
 
+    def write(text: str, source: Source) -> Span:
+        state.answer += text
+        state.words.add(text, source)
+        return Span(text, source)
+
+    rule = rule_of(config)
     while True:
         trace = RoundTrace()
         state.trace.append(trace)
         base.finish()  # the base's last run is over (a remote base's stream is closed here)
+        # 0. Intervention cap: once the nudger wrote more than its share of the words, the base writes the rest.
+        if config.max_nudged_fraction is not None and state.words.nudged_share > config.max_nudged_fraction:
+            trace.takeover = "capped"
+            run = base.start_run(base_prompt + state.answer)
+            while not (choice := run.next_choice()).is_eos:
+                piece = run.append(choice)
+                trace.stage_tokens += 1
+                yield write(piece, "base")
+                if budget_reached():
+                    state.stop_reason = "length"
+                    return
+            state.stop_reason = "eos"
+            return
         # 1. Lookahead: the nudger proposes up to L tokens.
         lookahead, nudger_done = nudger.greedy(nudger_prompt + state.answer, config.lookahead)
         trace.lookahead_chars = len(lookahead)
         if nudger_done:
             trace.takeover = "end"
-            state.answer += lookahead
-            yield Span(lookahead, "nudger")
+            yield write(lookahead, "nudger")
             state.stop_reason = "nudger_eos"
             return
 
         # 2. Nudging words: accept words until the base is confident again or agrees with the next word.
-        nudge_text, takeover = _accept_words(base, base_prompt + state.answer, lookahead, config.gamma, trace)
+        nudge_text, takeover = _accept_words(base, base_prompt + state.answer, lookahead, rule, config.gamma, trace)
 
         # 3. Repetition guard.
         if len(state.nudges) >= 3 and all(previous == nudge_text for previous in state.nudges[-3:]):
@@ -79,8 +99,7 @@ def _rounds(
         state.nudges.append(nudge_text)
 
         # 4. Append the nudge.
-        state.answer += nudge_text
-        yield Span(nudge_text, "nudger")
+        yield write(nudge_text, "nudger")
         if budget_reached():
             state.stop_reason = "length"
             return
@@ -92,28 +111,31 @@ def _rounds(
         while not choice.is_eos:
             piece = run.append(choice)
             trace.stage_tokens += 1
-            state.answer += piece
-            yield Span(piece, "base")
+            yield write(piece, "base")
             if budget_reached():
                 state.stop_reason = "length"
                 return
             choice = run.next_choice()
-            if choice.top1_prob < config.gamma:
+            if rule.score(choice) < config.gamma:
                 break
 
 
 def _accept_words(
-    base: Model, prefix: str, lookahead: str, gamma: float, trace: RoundTrace
+    base: Model, prefix: str, lookahead: str, rule: Rule, gamma: float, trace: RoundTrace
 ) -> tuple[str, tuple[Run, Choice] | None]:
-    """Spec step 2: the nudge text, and the base run and token that take over after it (None if none does)."""
+    """Spec step 2: the nudge text, and the base run and token that take over after it (None if none does).
+    The agreement rule also takes over where the next word starts with none of the base's top-k strings."""
     lead, words = split_lookahead(lookahead)
     candidates = [i for i in range(1, len(words)) if words[i]]
     queries = [prefix + join_words(lead, words[:i]) for i in candidates]
     if queries:
         # The whole lookahead goes along as a draft: where the base agrees with it, its stage is already computed.
-        for i, (run, choice) in zip(candidates, base.choices_at_prefixes(queries, draft=prefix + lookahead)):
+        choices = base.choices_at_prefixes(queries, draft=prefix + lookahead, top_k=rule.top_k)
+        for i, (run, choice) in zip(candidates, choices):
             trace.boundaries_checked += 1
-            if choice.is_eos or choice.top1_prob >= gamma or (" " + words[i]).startswith(choice.piece):
+            word = " " + words[i]
+            if (choice.is_eos or rule.score(choice) >= gamma or word.startswith(choice.piece)
+                    or not rule.lets_nudger_write(choice, word)):
                 trace.takeover = "eos" if choice.is_eos else "base"
                 return join_words(lead, words[:i]), (run, choice)
     if len(words) == 1:

@@ -19,6 +19,7 @@ from nudging.backends.remote.spec import is_remote
 from nudging.config import BaselineConfig, NudgingConfig, SamplingConfig
 from nudging.errors import InvalidArgumentError
 from nudging.methods import METHODS, ROLES, fitting, method_named, roles_for, unfit_error
+from nudging.rules import rule_of
 from nudging.text import check_unicode
 
 AUTO = "auto"
@@ -173,7 +174,7 @@ def resolve_auto_gamma(nudger: Any, spec: LoadSpec) -> tuple[NudgingConfig, str]
     from nudging.calibrate import auto
 
     path = calibration_path(spec.calibration)
-    choice = auto.resolve(nudger, spec.models.base, spec.models.nudger, path)
+    choice = auto.resolve(nudger, spec.models.base, spec.models.nudger, path, rule_of(spec.config))
     return replace(spec.config, gamma=choice.gamma), choice.describe(path)
 
 
@@ -182,8 +183,8 @@ def announce_auto_gamma(spec: LoadSpec) -> str | None:
     from nudging.calibrate import saved
 
     path = calibration_path(spec.calibration)
-    if not spec.gamma_auto or "nudging" not in spec.methods or saved.load(spec.models.base, spec.models.nudger,
-                                                                          path) is not None:
+    if not spec.gamma_auto or "nudging" not in spec.methods or saved.load(
+            spec.models.base, spec.models.nudger, path, rule_of(spec.config).scored_by) is not None:
         return None
     return (f"no calibrated gamma for this pair in {path}; calibrating on built-in prompts first (once; "
             "`nudging calibrate` gives more control)")

@@ -12,7 +12,7 @@ import functools
 from dataclasses import dataclass
 from typing import Callable, Iterator, Mapping
 
-from nudging import engine, guesses
+from nudging import engine, guesses, rules
 from nudging.backends.interface import Model
 from nudging.baselines.fusion import ensemble, fused_decode, proxy_tuning
 from nudging.baselines.in_context import in_context, in_context_prompt
@@ -49,6 +49,7 @@ class Method:
 
 def _nudging(call: Call) -> Iterator[Span]:
     m, p = call.models, call.prompts
+    rules.check_base(call.config, m["base"])
     guesses.offer_nudger_guesses(m["base"], m["nudger"], p["base"], p["nudger"])
     return engine.nudge(m["base"], m["nudger"], p["base"], p["nudger"], call.config, call.state)
 

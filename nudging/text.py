@@ -60,18 +60,39 @@ def merge_spans(spans: Iterable[Span]) -> list[Span]:
     return merged
 
 
-_WORD = re.compile(r"\S+")
+_WORD_INSIDE = re.compile(r"(?<=\s)\S")  # a word's first character, after a space within the text
+
+
+class WordCount:
+    """Words of a growing answer by source, counted as pieces arrive: a word is a run of non-space characters,
+    and it belongs to the model that wrote its first character."""
+
+    def __init__(self) -> None:
+        self.nudged = 0
+        self.total = 0
+        self._after_space = True  # the next non-space character starts a word
+
+    def add(self, text: str, source: Source) -> None:
+        if not text:
+            return
+        starts = len(_WORD_INSIDE.findall(text)) + (self._after_space and not text[0].isspace())
+        self.total += starts
+        if source == "nudger":
+            self.nudged += starts
+        self._after_space = text[-1].isspace()
+
+    @property
+    def nudged_share(self) -> float:
+        """The share of words so far that the nudger wrote (0 before any word)."""
+        return self.nudged / self.total if self.total else 0.0
 
 
 def count_words(spans: list[Span]) -> tuple[int, int]:
-    """(words written by the nudger, all words): a word belongs to the model that wrote its first character."""
-    text = "".join(span.text for span in spans)
-    owner: list[str] = []
+    """(words written by the nudger, all words), as WordCount counts them."""
+    count = WordCount()
     for span in spans:
-        owner.extend(span.source for _ in span.text)
-    words = [match.start() for match in _WORD.finditer(text)]
-    nudged = sum(1 for start in words if owner[start] == "nudger")
-    return nudged, len(words)
+        count.add(span.text, span.source)
+    return count.nudged, count.total
 
 
 def check_stops(stop: str | Sequence[str] | None, what: str = "stop") -> list[str]:

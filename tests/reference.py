@@ -32,6 +32,7 @@ class RefModel:
         self.closest = float("inf")  # the smallest gap between the two most likely tokens of any top1 so far
         self.rewrites = 0  # pieces after which the decoder had rewritten text it gave before
         self.decisions: list[tuple[float, float]] = []  # per top1 call: (top-1 probability, top-1 - top-2 logit)
+        self.probs: torch.Tensor | None = None  # the whole next-token distribution of the last top1 call
 
     def tokens(self, text: str) -> list[int]:
         return list(self.tokenizer(text)["input_ids"])
@@ -42,6 +43,7 @@ class RefModel:
         with torch.no_grad():
             logits = self.model(input_ids=torch.tensor([ids]), logits_to_keep=1).logits[0, -1].float()
         probs = torch.softmax(logits, dim=-1)
+        self.probs = probs
         first, second = torch.topk(probs, 2).values.tolist()
         self.closest = min(self.closest, first - second)
         best = torch.topk(logits, 2).values
@@ -130,12 +132,33 @@ def margins(base, nudger, gamma) -> Margins:
                    min((gap for _, gap in base.decisions + nudger.decisions), default=math.inf))
 
 
+def rule_score(rule: str, p: float, probs: torch.Tensor | None) -> float:
+    """NUDGING_SPEC.md, "Other acceptance rules": how sure the base is, compared with gamma."""
+    if rule == "margin":
+        first, second = sorted(probs.tolist(), reverse=True)[:2]
+        return first - second
+    if rule == "entropy":
+        entropy = -sum(q * math.log(q) for q in probs.double().tolist() if q > 0)
+        return math.exp(-entropy)
+    return p  # top1 and agreement
+
+
+def nudged_word_share(spans) -> float:
+    """Words are runs of non-space characters; a word is the nudger's if the nudger wrote its first character."""
+    text = "".join(t for t, _ in spans)
+    owners = "".join(("n" if source == "nudger" else "b") * len(t) for t, source in spans)
+    starts = [i for i, ch in enumerate(text) if not ch.isspace() and (i == 0 or text[i - 1].isspace())]
+    return sum(owners[i] == "n" for i in starts) / len(starts) if starts else 0.0
+
+
 def reference_nudging(base: RefModel, nudger: RefModel, base_prompt, nudger_prompt, gamma, lookahead, budget,
-                      chunk: int | None = None):
+                      chunk: int | None = None, rule: str = "top1", agreement_k: int = 5,
+                      max_nudged_fraction: float | None = None):
     """The spec's algorithm. With `chunk`, base stages are read as the authors' API code reads them (docs/remote.md,
     "chunked"): each request brings `chunk` tokens from the text it was sent, and the next request starts from the
     whole text so far re-tokenized, not from the run's own tokens. A word check is the first token of such a
-    request, and the request that takes over is the first of the stage."""
+    request, and the request that takes over is the first of the stage. `rule`, `agreement_k` and
+    `max_nudged_fraction`: NUDGING_SPEC.md, "Other acceptance rules" and "Intervention cap"."""
     answer, spans, nudges, events = "", [], [], []
     base.closest = nudger.closest = float("inf")
     base.rewrites = nudger.rewrites = 0
@@ -153,6 +176,22 @@ def reference_nudging(base: RefModel, nudger: RefModel, base_prompt, nudger_prom
     try:
         while True:
             events.append("round")
+            if max_nudged_fraction is not None and nudged_word_share(spans) > max_nudged_fraction:
+                events.append("capped")
+                ids = base.tokens(base_prompt + answer)
+                start = len(ids)
+                while True:
+                    token, _ = base.top1(ids)
+                    if token in base.eos:
+                        events.append("capped_eos")
+                        return finish("eos")
+                    piece = base.piece(ids, token, start)
+                    ids = ids + [token]
+                    answer += piece
+                    spans.append((piece, "base"))
+                    if full():
+                        events.append("capped_length")
+                        return finish("length")
             c, eos = nudger.greedy(nudger_prompt + answer, lookahead, events)
             if eos:
                 events.append("nudger_eos_at_once" if not c else "nudger_eos_after_text")
@@ -176,16 +215,21 @@ def reference_nudging(base: RefModel, nudger: RefModel, base_prompt, nudger_prom
                     continue
                 ids = base.tokens(base_prompt + answer + lead + " ".join(words[:i]))
                 token, p = base.top1(ids)
+                score = rule_score(rule, p, base.probs if rule != "top1" else None)
                 if token not in base.eos:
-                    gamma_margin = min(gamma_margin, abs(p - gamma))
+                    gamma_margin = min(gamma_margin, abs(score - gamma))
                 if token in base.eos:
                     events.append("takeover_by_eos")
-                elif p >= gamma:
+                elif score >= gamma:
                     events.append("takeover_confident")
                 elif (" " + words[i]).startswith(piece := base.piece(ids, token, len(ids))):
                     events.append("takeover_agrees")
                     if not piece:
                         events.append("empty_piece_agrees")
+                elif rule == "agreement" and not any(
+                        (" " + words[i]).startswith(s)
+                        for s in _top_strings(base, ids, len(ids), base.probs, agreement_k)):
+                    events.append("takeover_filtered")
                 else:
                     events.append("word_accepted")
                     continue
@@ -221,9 +265,10 @@ def reference_nudging(base: RefModel, nudger: RefModel, base_prompt, nudger_prom
                     events.append("chunk_retokenized" if retokenized != ids else "chunk")
                     ids, start, read = retokenized, len(retokenized), 0
                 token, p = base.top1(ids)
-                gamma_margin = min(gamma_margin, abs(p - gamma))
+                score = rule_score(rule, p, base.probs if rule != "top1" else None)
+                gamma_margin = min(gamma_margin, abs(score - gamma))
                 read += 1
-                if p < gamma:
+                if score < gamma:
                     events.append("base_stage_unsure")
                     break
             else:

@@ -40,6 +40,18 @@ def test_generate_json_prints_one_object(capsys, tiny_folders):
     assert stats["models"]["nudger"]["forward_passes"] > 0
 
 
+def test_generate_takes_a_rule_and_a_cap(capsys, tiny_folders):
+    """--max-nudged-fraction 0: after the first round that gives the nudger a word, the base writes the rest."""
+    code, out, err = run_cli(
+        capsys, "generate", "--base-prompt", "The cat reads\n", "--nudger-prompt", "The cat reads\n", "--base",
+        tiny_folders["base"], "--nudger", tiny_folders["nudger"], "--max-new-tokens", "24", "--rule", "margin",
+        "--gamma", "0.5", "--max-nudged-fraction", "0", "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["trace"][-1]["takeover"] == "capped" and result["stop_reason"] in ("eos", "length")
+    assert all(round_["takeover"] != "capped" for round_ in result["trace"][:-1])
+
+
 def test_generate_raw_prompts_and_single_model_modes(capsys, tiny_folders):
     models = ["--base", tiny_folders["base"], "--nudger", tiny_folders["nudger"], "--max-new-tokens", "12", "--json"]
     code, out, _ = run_cli(capsys, "generate", "--base-prompt", "Zoë reads\n", "--nudger-prompt", "Zoë reads\n", *models)
@@ -66,6 +78,9 @@ def test_generate_human_output_shows_answer_and_stats(capsys, tiny_folders):
         (["--gamma", "1.5"], "gamma"),
         (["--gamma", "0"], "gamma"),
         (["--lookahead", "0"], "lookahead"),
+        (["--rule", "top2"], "rule must be one of top1, entropy, margin, agreement, got 'top2'"),
+        (["--agreement-k", "0"], "agreement_k must be an integer from 1 to 20"),
+        (["--max-nudged-fraction", "1.5"], "max_nudged_fraction must be a number from 0 to 1"),
         (["--max-new-tokens", "0"], "max_new_tokens"),
         (["--base", "/no/such/folder"], "not found"),
         (["--nudger", "missing-model.gguf"], "does not exist"),

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Iterator
 
 import pytest
@@ -27,6 +27,7 @@ from fuzz_pool import ModelPool, PoolModel
 from reference import reference_nudging
 
 QUICK_CASES = 300
+RULE_CASES = 200  # the other acceptance rules and the intervention cap (NUDGING_SPEC.md), quick run
 LONG_CASES = int(os.environ.get("NUDGING_FUZZ_CASES", "5000"))
 TIE = 1e-6
 WORDS = ["The", "cat", "reads", "the", "question", "café", "Zoë", "naïvely", "adds", "12", "+", "7", "=", "19.",
@@ -57,6 +58,9 @@ class Case:
     gamma: float
     lookahead: int
     budget: int
+    rule: str = "top1"
+    agreement_k: int = 5
+    max_nudged_fraction: float | None = None
 
 
 @pytest.fixture(scope="module")
@@ -95,6 +99,14 @@ def cases(pool: ModelPool) -> st.SearchStrategy[Case]:
     return draw_case()
 
 
+def rule_cases(pool: ModelPool) -> st.SearchStrategy[Case]:
+    """Cases with another acceptance rule, and the intervention cap in half of them."""
+    rules = st.tuples(st.sampled_from(["entropy", "margin", "agreement"]), st.sampled_from([3, 20]),
+                      st.one_of(st.none(), st.floats(0.0, 0.8)))
+    return st.tuples(cases(pool), rules).map(
+        lambda drawn: replace(drawn[0], rule=drawn[1][0], agreement_k=drawn[1][1], max_nudged_fraction=drawn[1][2]))
+
+
 def fits(model: PoolModel, prompt: str) -> bool:
     """Whether a prompt leaves room for a new token in the model's context (else the engine refuses it)."""
     return len(model.local.tokenize(prompt)) < model.reference.context
@@ -109,14 +121,15 @@ def check_case(pool: ModelPool, case: Case, counts: Counter) -> None:
             engine.generate(base_prompt=case.base_prompt, nudger_prompt=case.nudger_prompt, gamma=case.gamma)
         counts["prompt_too_long"] += 1
         return
+    rule = dict(rule=case.rule, agreement_k=case.agreement_k, max_nudged_fraction=case.max_nudged_fraction)
     expected = reference_nudging(base.reference, nudger.reference, case.base_prompt, case.nudger_prompt,
-                                 case.gamma, case.lookahead, case.budget)
+                                 case.gamma, case.lookahead, case.budget, **rule)
     if expected.margin < TIE:
         counts["set aside (near tie)"] += 1
         return
     got = engine.generate(
         base_prompt=case.base_prompt, nudger_prompt=case.nudger_prompt, gamma=case.gamma,
-        lookahead=case.lookahead, max_new_tokens=case.budget)
+        lookahead=case.lookahead, max_new_tokens=case.budget, **rule)
     assert_same_answer(expected, got, repr(case))
     assert_trace_matches(expected, got, repr(case))
     counts.update(set(expected.events) - {"round"})
@@ -134,6 +147,20 @@ def fuzz(pool: ModelPool, examples: int, derandomize: bool) -> Counter:
         check_case(pool, case, counts)
 
     run()
+    return counts
+
+
+def fuzz_rules(pool: ModelPool, examples: int) -> Counter:
+    """As fuzz, on rule_cases. (A derandomized run's cases follow from its test function's source.)"""
+    counts: Counter = Counter()
+
+    @settings(max_examples=examples, derandomize=True, deadline=None, database=None,
+              suppress_health_check=list(HealthCheck), print_blob=True)
+    @given(rule_cases(pool))
+    def run_rules(case: Case) -> None:
+        check_case(pool, case, counts)
+
+    run_rules()
     return counts
 
 
@@ -173,6 +200,13 @@ def test_quick_fuzz_engine_matches_reference(pool):
     counts = fuzz(pool, QUICK_CASES, derandomize=True)
     print(branch_table(counts, time.perf_counter() - started))
     assert_every_branch(counts)
+
+
+def test_quick_fuzz_other_rules_match_reference(pool):
+    counts = fuzz_rules(pool, RULE_CASES)
+    reached = {"takeover_confident", "word_accepted", "base_stage_unsure", "takeover_filtered", "capped"}
+    assert all(counts[event] for event in reached), {event: counts[event] for event in reached}
+    assert counts["set aside (near tie)"] <= counts["cases"] // 20, counts
 
 
 @pytest.mark.fuzz_long

@@ -76,6 +76,16 @@ def test_chat_matches_the_python_api(client, local):
     assert response.usage.prompt_tokens == len(local.base.tokenize(prompts.base_prompt_for(messages)))
 
 
+def test_a_request_brings_its_own_rule_and_cap(client, local):
+    settings = {"rule": "margin", "gamma": 0.5, "max_nudged_fraction": 0.2}
+    response = client.completions.create(model="nudging", prompt="The dog sees", max_tokens=30, extra_body=settings)
+    expected = local.generate(base_prompt="The dog sees", nudger_prompt="The dog sees", max_new_tokens=30, **settings)
+    assert response.choices[0].text == expected.text
+    assert response.model_extra["nudging"]["stop_reason"] == expected.stop_reason
+    default = local.generate(base_prompt="The dog sees", nudger_prompt="The dog sees", max_new_tokens=30)
+    assert default.text != expected.text  # the settings were used, not the server's
+
+
 def test_completion_and_base_only(client, local):
     response = client.completions.create(model="nudging", prompt="The dog sees", max_tokens=24)
     expected = local.generate(base_prompt="The dog sees", nudger_prompt="The dog sees", max_new_tokens=24)
@@ -105,6 +115,9 @@ def test_streaming_gives_the_same_text_and_ends_with_stats(client, chat):
     last = [c for c in chunks if c.choices][-1]
     assert last.choices[0].finish_reason in ("stop", "length")
     assert last.model_extra["nudging"]["stats"]["total_words"] >= 1
+    # the live share of nudged words: the last piece's is the answer's
+    shares = [c.model_extra["nudging"]["nudged_share"] for c in chunks if c.choices and c.choices[0].finish_reason is None]
+    assert shares[-1] == pytest.approx(last.model_extra["nudging"]["stats"]["nudged_word_fraction"])
     assert chunks[-1].usage.total_tokens == whole.usage.total_tokens
 
 
@@ -134,6 +147,8 @@ def test_wrong_or_missing_key_is_401(server):
 
 @pytest.mark.parametrize("body, status, code", [
     ('{"prompt": "x", "gamma": 2}', 422, "invalid_value"),
+    ('{"prompt": "x", "rule": "top2"}', 422, "invalid_value"),
+    ('{"prompt": "x", "max_nudged_fraction": 1.5}', 422, "invalid_value"),
     ('{"prompt": "x", "max_tokens": 0}', 422, "invalid_value"),
     ('{"prompt": "x", "max_tokens": 5000}', 422, "invalid_value"),
     ('{"prompt": ["a", "b"]}', 422, "invalid_value"),
@@ -461,7 +476,8 @@ def _inside(number: dict) -> list[float]:
             if not exclusive]
 
 
-@pytest.mark.parametrize("field", ["gamma", "lookahead", "max_tokens", "temperature", "top_p", "seed"])
+@pytest.mark.parametrize("field", ["gamma", "lookahead", "max_tokens", "temperature", "top_p", "seed", "agreement_k",
+                                   "max_nudged_fraction"])
 def test_the_documented_ranges_are_the_ones_the_server_checks(server, field):
     """Each range the OpenAPI document gives (from nudging.config) is what the server accepts: a value just
     outside a bound is a 422, a bound that is included is answered."""

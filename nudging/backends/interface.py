@@ -10,7 +10,7 @@ weights or server).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator, Protocol, Sequence
 
 from nudging.config import SamplingConfig
@@ -23,6 +23,8 @@ class Choice:
 
     For a run started with top_k, `alternatives` holds the k most likely next strings with their probabilities,
     most likely first, one entry per string; EOS and pieces that end inside a character are left out.
+    `distribution`: the whole next-token distribution (a local model's probabilities, a 1-d tensor; None from a
+    server), read only by the acceptance rules that need it (nudging.rules).
     """
 
     token: int | None
@@ -30,6 +32,7 @@ class Choice:
     piece: str
     is_eos: bool
     alternatives: tuple[tuple[str, float], ...] = ()
+    distribution: Any = field(default=None, compare=False, repr=False)
 
 
 class Run(Protocol):
@@ -64,7 +67,9 @@ class Model(Protocol):
     def finish(self) -> None: ...
     def greedy(self, text: str, max_tokens: int) -> tuple[str, bool]: ...
     def start_run(self, text: str, top_k: int = 0) -> Run: ...
-    def choices_at_prefixes(self, texts: Sequence[str], draft: str | None = None) -> Iterator[tuple[Run, Choice]]: ...
+    def choices_at_prefixes(self, texts: Sequence[str], draft: str | None = None,
+                            top_k: int = 0) -> Iterator[tuple[Run, Choice]]:
+        """The next token after each text, in order (with top_k: each choice's `alternatives`)."""
     def plain_decode(self, text: str, max_tokens: int) -> int:
         """The base-only reference: greedy decoding the fastest way this backend knows; returns the answer's
         token count (bench times it)."""

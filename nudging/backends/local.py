@@ -272,7 +272,7 @@ class LocalModel(TokenizedModel):
         top_prob, top_token = torch.max(probs, dim=-1)
         token = int(top_token) if self.sampler.greedy else self.sampler(logits)
         alternatives = top_strings(probs, ids, detok, top_k, self.eos_ids) if top_k else ()
-        return Choice(token, float(top_prob), detok.peek(ids, token), token in self.eos_ids, alternatives)
+        return Choice(token, float(top_prob), detok.peek(ids, token), token in self.eos_ids, alternatives, probs)
 
     # --- runs -----------------------------------------------------------------------------------------------
     def start_run(self, text: str, top_k: int = 0) -> "LocalRun":
@@ -289,15 +289,16 @@ class LocalModel(TokenizedModel):
             pieces.append(run.append(choice))
         return "".join(pieces), False
 
-    def choices_at_prefixes(self, texts: Sequence[str], draft: str | None = None) -> Iterator[tuple["LocalRun", Choice]]:
+    def choices_at_prefixes(self, texts: Sequence[str], draft: str | None = None,
+                            top_k: int = 0) -> Iterator[tuple["LocalRun", Choice]]:
         """The next token after each text, in order, for texts that extend one another.
 
         Where a shorter text's tokenization is a prefix of the longest one's, its answer comes from a single
         forward pass over the longest; the others each take one extra pass, made only when reached. A `draft`
         (a text the others lead into) is fed in the same pass where they align with it, so that a run which
-        goes on to write it finds its logits computed.
+        goes on to write it finds its logits computed. With top_k, each choice carries the k most likely strings.
         """
-        return prefix_choices(self, texts, draft)
+        return prefix_choices(self, texts, draft, top_k)
 
     def plain_decode(self, text: str, max_tokens: int) -> int:
         """transformers' cached `generate`, greedy: the base-only reference bench times nudging against."""
@@ -312,7 +313,8 @@ class LocalModel(TokenizedModel):
         return sum(1 for token in new if token not in self.eos_ids)
 
 
-def prefix_choices(model: LocalModel, texts: Sequence[str], draft: str | None) -> Iterator[tuple["LocalRun", Choice]]:
+def prefix_choices(model: LocalModel, texts: Sequence[str], draft: str | None,
+                   top_k: int = 0) -> Iterator[tuple["LocalRun", Choice]]:
     """LocalModel.choices_at_prefixes (here to keep the class short)."""
     token_ids = [model.tokenize(text) for text in texts]
     passes = token_ids + ([model.tokenize(draft)] if draft is not None else [])
@@ -331,7 +333,7 @@ def prefix_choices(model: LocalModel, texts: Sequence[str], draft: str | None) -
     for text, ids, ok in zip(texts, token_ids, aligned):
         run = LocalRun(model, ids, text=text)
         logits = shared_logits[len(ids) - 1 - first] if ok else model.logits_from(ids, len(ids) - 1)[0]
-        yield run, model.choose(logits, ids, run.detokenizer)
+        yield run, model.choose(logits, ids, run.detokenizer, top_k)
 
 
 class LocalRun:

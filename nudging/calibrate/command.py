@@ -18,6 +18,7 @@ from nudging.config import BATCH_SIZE
 from nudging.errors import InvalidArgumentError
 from nudging.evals import store
 from nudging.loading import AUTO
+from nudging.rules import check_base, rule_of
 
 DEFAULT_GRID = (0.1, 0.2, 0.3, 0.4, 0.5)
 
@@ -109,8 +110,10 @@ def main(args: argparse.Namespace) -> int:
     def progress(done: int, total: int) -> None:
         console.print(f"[{done}/{total}] answers measured", markup=False, style="dim")
 
+    rule = rule_of(spec.config)
+    check_base(spec.config, nudger.base)
     records = measure(nudger, questions, args.max_new_tokens, batch_size=args.batch_size,
-                      path=out / "positions.jsonl", on_done=progress)
+                      path=out / "positions.jsonl", on_done=progress, rule=rule)
     calibration = analysis.calibrate(records, seed=args.seed)
     top1, agree = analysis.flatten(records)
     draw(calibration, analysis.separations(top1, agree), analysis.share_below(top1), out / "calibration.png",
@@ -118,8 +121,9 @@ def main(args: argparse.Namespace) -> int:
     result: GridResult | None = None
     if grid:
         result = _grid(args, nudger, grid + [calibration.gamma], calibration.gamma, console)
-    choice = _choice(pair, calibration, result, described)
-    report = {"base": pair.base, "nudger": pair.nudger, "on": described, "max_new_tokens": args.max_new_tokens,
+    choice = _choice(pair, calibration, result, described, rule.scored_by)
+    report = {"base": pair.base, "nudger": pair.nudger, "rule": rule.scored_by, "on": described,
+              "max_new_tokens": args.max_new_tokens,
               "calibration": calibration.to_dict(), "grid": result.to_dict() if result else None,
               "chosen": asdict(choice)}
     (out / "calibration.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
@@ -148,10 +152,12 @@ def _grid(args: argparse.Namespace, nudger, gammas: list[float], prefer: float, 
         return run_grid(nudger, request, gammas, prefer, on_progress=show, warn=warn, seed=args.seed)
 
 
-def _choice(pair, calibration: analysis.Calibration, grid: GridResult | None, described: str) -> saved.SavedGamma:
+def _choice(pair, calibration: analysis.Calibration, grid: GridResult | None, described: str,
+            rule: str) -> saved.SavedGamma:
     if grid is not None:
-        return saved.SavedGamma(grid.gamma, "accuracy", grid.interval, described, pair.base, pair.nudger)
-    return saved.SavedGamma(calibration.gamma, "separation", calibration.interval, described, pair.base, pair.nudger)
+        return saved.SavedGamma(grid.gamma, "accuracy", grid.interval, described, pair.base, pair.nudger, rule=rule)
+    return saved.SavedGamma(calibration.gamma, "separation", calibration.interval, described, pair.base, pair.nudger,
+                            rule=rule)
 
 
 def _percent(value: float | None) -> str:

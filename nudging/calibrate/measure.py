@@ -22,6 +22,7 @@ from nudging.backends.interface import Model
 from nudging.config import BATCH_SIZE, NudgingConfig
 from nudging.evals import store
 from nudging.pieces import IncrementalDetokenizer
+from nudging.rules import Rule
 
 
 class Answering(Protocol):
@@ -79,8 +80,10 @@ def answer_targets(base: Model, base_prompt: str, answer: str, ended: bool) -> l
     return targets
 
 
-def read_positions(base: Model, base_prompt: str, answer: str, ended: bool) -> tuple[list[float], list[bool]]:
-    """The base's top-1 probability and agreement with the answer at each of its positions."""
+def read_positions(base: Model, base_prompt: str, answer: str, ended: bool,
+                   rule: Rule = Rule()) -> tuple[list[float], list[bool]]:
+    """The base's score (top-1 probability, or the rule's) and agreement with the answer at each of its
+    positions."""
     targets = answer_targets(base, base_prompt, answer, ended)
     top1: list[float] = []
     agree: list[bool] = []
@@ -90,18 +93,18 @@ def read_positions(base: Model, base_prompt: str, answer: str, ended: bool) -> t
         for (_, choice), (_, piece) in zip(base.choices_at_prefixes([text for text, _ in group]), group):
             if math.isnan(choice.top1_prob):
                 continue  # a server that ends with EOS without saying how likely it was: nothing to place
-            top1.append(choice.top1_prob)
+            top1.append(rule.score(choice))
             agree.append(choice.is_eos if piece is None else (not choice.is_eos and choice.piece == piece))
     base.finish()
     return top1, agree
 
 
-def record_key(nudger: Answering, prompts: tuple[str, str], max_new_tokens: int) -> str:
-    """What makes one prompt's measurement what it is (models, both prompts, budget)."""
+def record_key(nudger: Answering, prompts: tuple[str, str], max_new_tokens: int, score: str = "top1") -> str:
+    """What makes one prompt's measurement what it is (models, both prompts, budget, the score measured)."""
     base_prompt, nudger_prompt = prompts
     names = [getattr(m, "remote_name", None) or getattr(getattr(m, "model", None), "name_or_path", "")
              for m in (nudger.base, nudger.nudger)]
-    text = json.dumps([names, base_prompt, nudger_prompt, max_new_tokens])
+    text = json.dumps([names, base_prompt, nudger_prompt, max_new_tokens] + ([score] if score != "top1" else []))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -113,11 +116,12 @@ def measure(
     batch_size: int = BATCH_SIZE,
     path: Path | None = None,
     on_done: Callable[[int, int], None] | None = None,
+    rule: Rule = Rule(),
 ) -> list[AnswerPositions]:
     """Positions of every question's nudger answer. With `path`, each finished question is appended there as
     it is measured, and questions already there are read back instead of answered again."""
     prompts = [nudger.prompts_for(q) for q in questions]
-    keys = [record_key(nudger, pair, max_new_tokens) for pair in prompts]
+    keys = [record_key(nudger, pair, max_new_tokens, rule.scored_by) for pair in prompts]
     known: dict[str, AnswerPositions] = {}
     if path is not None and path.exists():
         store.repair(path)
@@ -133,7 +137,7 @@ def measure(
                                         max_new_tokens=max_new_tokens)
         for i, result in zip(chunk, answers):
             ended = result.stop_reason == "eos"
-            top1, agree = read_positions(nudger.base, prompts[i][0], result.text, ended)
+            top1, agree = read_positions(nudger.base, prompts[i][0], result.text, ended, rule)
             known[keys[i]] = AnswerPositions(questions[i], result.text, ended, top1, agree, keys[i])
             if path is not None:
                 store.append_row(path, known[keys[i]].to_dict())

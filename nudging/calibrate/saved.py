@@ -26,10 +26,12 @@ class SavedGamma:
     base: str
     nudger: str
     date: str = ""
+    rule: str = "top1"  # the score gamma was calibrated for (nudging.rules)
 
     def describe(self, path: Path) -> str:
         low, high = self.interval
-        return (f"gamma {self.gamma:g} (calibrated for this pair by {self.method} on {self.source}, "
+        for_rule = f" with --rule {self.rule}" if self.rule != "top1" else ""
+        return (f"gamma {self.gamma:g} (calibrated for this pair{for_rule} by {self.method} on {self.source}, "
                 f"95% interval {low:g}-{high:g}, {self.date[:10]}; stored in {path})")
 
 
@@ -41,13 +43,13 @@ def default_path() -> Path:
     return Path(config_home) / "nudging" / "calibration.json"
 
 
-def pair_key(base: str, nudger: str) -> str:
+def pair_key(base: str, nudger: str, rule: str = "top1") -> str:
     def canonical(spec: str) -> str:
         if is_remote(spec) or not Path(spec).exists():
             return spec
         return str(Path(spec).resolve())
 
-    return f"{canonical(base)} | {canonical(nudger)}"
+    return f"{canonical(base)} | {canonical(nudger)}" + (f" | rule={rule}" if rule != "top1" else "")
 
 
 def _read_all(path: Path) -> dict:
@@ -62,10 +64,10 @@ def _read_all(path: Path) -> dict:
     return data
 
 
-def load(base: str, nudger: str, path: Path | None = None) -> SavedGamma | None:
-    """The stored choice for this pair, or None."""
+def load(base: str, nudger: str, path: Path | None = None, rule: str = "top1") -> SavedGamma | None:
+    """The stored choice for this pair (and the score of `rule`), or None."""
     path = path or default_path()
-    entry = _read_all(path).get("pairs", {}).get(pair_key(base, nudger))
+    entry = _read_all(path).get("pairs", {}).get(pair_key(base, nudger, rule))
     if entry is None:
         return None
     try:
@@ -84,7 +86,7 @@ def save(saved: SavedGamma, path: Path | None = None) -> Path:
     data.setdefault("pairs", {})
     if not saved.date:
         saved.date = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    data["pairs"][pair_key(saved.base, saved.nudger)] = asdict(saved)
+    data["pairs"][pair_key(saved.base, saved.nudger, saved.rule)] = asdict(saved)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial")
     partial.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from pydantic_core import PydanticCustomError
 
 from nudging.config import (
-    GAMMA_RANGE, MAX_LOOKAHEAD, MAX_TOP_K, SEED_RANGE, TOP_P_RANGE, NudgingConfig, SamplingConfig,
+    GAMMA_RANGE, MAX_LOOKAHEAD, MAX_TOP_K, RULES, SEED_RANGE, TOP_P_RANGE, NudgingConfig, SamplingConfig,
 )
 from nudging.errors import InvalidArgumentError
 from nudging.text import check_unicode
@@ -68,9 +68,17 @@ class NudgingFields(_Request):
                                                             exclusiveMaximum=GAMMA_RANGE[1]))
     lookahead: int | None = Field(default=None, description="nudger tokens per round; default: the server's",
                                   json_schema_extra=_in_range(minimum=1, maximum=MAX_LOOKAHEAD))
+    rule: str | None = Field(default=None, description="acceptance rule (docs/NUDGING_SPEC.md); default: the server's",
+                             json_schema_extra={"enum": list(RULES)})
+    agreement_k: int | None = Field(default=None, description="rule agreement: the base's strings a nudged word may "
+                                    "start with; default: the server's",
+                                    json_schema_extra=_in_range(minimum=1, maximum=MAX_TOP_K))
+    max_nudged_fraction: float | None = Field(default=None, description="once the nudger wrote more than this share "
+                                              "of the words, the base writes the rest; default: the server's",
+                                              json_schema_extra=_in_range(minimum=0, maximum=1))
     nudging: bool = True  # false: the base model alone
 
-    @field_validator("gamma", "lookahead")
+    @field_validator("gamma", "lookahead", "rule", "agreement_k", "max_nudged_fraction")
     @classmethod
     def _nudging_setting(cls, value: float | int | None, info: ValidationInfo) -> float | int | None:
         if value is not None:
@@ -225,9 +233,10 @@ class NudgingInfo(BaseModel):
 
 
 class PieceInfo(BaseModel):
-    """Which model wrote the piece of a stream chunk."""
+    """Which model wrote the piece of a stream chunk, and the share of the answer's words so far the nudger wrote."""
 
     source: str
+    nudged_share: float
 
 
 class Logprobs(BaseModel):

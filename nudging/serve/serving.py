@@ -18,10 +18,10 @@ from fastapi import Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
-from nudging import prompts
+from nudging import prompts, rules
 from nudging.backends.interface import Model
 from nudging.config import SamplingConfig, ServerSettings
-from nudging.errors import PromptTooLongError
+from nudging.errors import InvalidArgumentError, PromptTooLongError
 from nudging.nudger import Nudger
 from nudging.pool import LanePool
 from nudging.result import GenerationResult
@@ -34,7 +34,7 @@ from nudging.serve.protocol import (
     CompletionChoice, CompletionChunk, CompletionRequest, CompletionResponse, Delta, Health, Logprobs, ModelCard,
     ModelList, NudgingInfo, PieceInfo, SpanInfo, TokenizeRequest, TokenizeResponse, Usage, new_id, now,
 )
-from nudging.text import Span, StopScanner, count_words
+from nudging.text import Span, StopScanner, WordCount, count_words
 
 T = TypeVar("T")
 Put = Callable[[object], None]
@@ -51,6 +51,7 @@ class Job:
     max_tokens: int
     gamma: float | None = None  # None: the server's
     lookahead: int | None = None
+    rule: dict[str, Any] = field(default_factory=dict)  # rule, agreement_k, max_nudged_fraction (None: the server's)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     stops: list[str] = field(default_factory=list)
 
@@ -112,7 +113,7 @@ class Service:
             put(replica.generate(
                 base_prompt=job.base_prompt, nudger_prompt=job.nudger_prompt, mode=job.mode, gamma=job.gamma,
                 lookahead=job.lookahead, max_new_tokens=job.max_tokens, sampling=sampling, on_span=put,
-                should_stop=cancelled.is_set,
+                should_stop=cancelled.is_set, **job.rule,
             ))
 
         items = self.threaded(work, cancelled)
@@ -288,7 +289,13 @@ def _job(service: Service, settings: ServerSettings, body: AnyRequest, base_prom
             service.template.nudger.check_prompt_fits(nudger_prompt, "the nudger prompt")
     except PromptTooLongError as error:
         raise InvalidRequest(str(error), param=prompt_field, code="context_length_exceeded") from error
-    return Job(base_prompt, nudger_prompt, mode, budget, body.gamma, body.lookahead, body.sampling(), body.stop)
+    rule = {"rule": body.rule, "agreement_k": body.agreement_k, "max_nudged_fraction": body.max_nudged_fraction}
+    if mode == "nudging":
+        try:
+            rules.check_base(service.template.config.with_overrides(**rule), service.template.base)
+        except InvalidArgumentError as error:
+            raise Unprocessable(str(error), param="rule") from error
+    return Job(base_prompt, nudger_prompt, mode, budget, body.gamma, body.lookahead, rule, body.sampling(), body.stop)
 
 
 async def _respond(service: Service, settings: ServerSettings, job: Job, body: AnyRequest, request: Request,
@@ -342,8 +349,10 @@ async def _events(first: Span | Finished, pieces: AsyncIterator[Span | Finished]
     """Server-sent events in OpenAI's chunk format; an error after the stream has begun is one data event."""
     try:
         item = first
+        words = WordCount()
         while not isinstance(item, Finished):
-            yield sse(_chunk(frame, chat, item.text, None, PieceInfo(source=item.source)))
+            words.add(item.text, item.source)
+            yield sse(_chunk(frame, chat, item.text, None, PieceInfo(source=item.source, nudged_share=words.nudged_share)))
             item = await anext(pieces)
         yield sse(_chunk(frame, chat, None if chat else "", item.finish_reason, item.nudging_info()))
         if include_usage:

@@ -216,17 +216,18 @@ class RemoteModel(TokenizedModel):
         return self.count_tokens(answer)
 
     def choices_at_prefixes(
-        self, texts: Sequence[str], draft: str | None = None
+        self, texts: Sequence[str], draft: str | None = None, top_k: int = 0
     ) -> Iterator[tuple["RemoteRun", Choice]]:
         """The base's next token after each text, in order; the engine stops asking at the first takeover,
-        whose run continues as the base stage. (The draft is for local models: a server streams the stage.)"""
+        whose run continues as the base stage. (The draft is for local models: a server streams the stage.)
+        With top_k, each text is its own streamed request with top_k logprobs (an echo reads only the top-1)."""
         known: list[Choice | None] = [None] * len(texts)
-        if _may_echo(self, texts):
+        if not top_k and _may_echo(self, texts):
             token_ids = [self.tokenize(text) for text in texts]
             if _echo_pays(self, token_ids):
                 known = _echo_choices(self, texts, token_ids)
         for text, choice in zip(texts, known):
-            run = RemoteRun(self, text, probabilities=True, expected=choice)
+            run = RemoteRun(self, text, probabilities=True, expected=choice, top_k=top_k)
             yield run, choice if choice is not None else run.next_choice()
 
 

@@ -1,0 +1,101 @@
+"""The other acceptance rules and the intervention cap (NUDGING_SPEC.md, "Other acceptance rules",
+"Intervention cap"): the cached engine against the plain reference on the tiny pairs of test_engine_reference,
+and the errors of bad settings."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from nudging import Nudger
+from nudging.config import NudgingConfig
+from nudging.errors import InvalidArgumentError
+from agreement import assert_same_answer, assert_trace_matches
+from reference import RefModel, reference_nudging
+from test_engine_reference import PROMPTS, _chat, _pairs, tokenizers  # noqa: F401  (tokenizers: a fixture)
+from tiny import local
+
+# (rule, extra settings) -> gammas; each gamma lets the rule both hand over and keep the base writing somewhere
+CASES = {
+    ("entropy", ()): [0.05, 0.3],
+    ("margin", ()): [0.1, 0.5],
+    ("agreement", (("agreement_k", 20),)): [0.4],
+    ("agreement", (("agreement_k", 3),)): [0.4],
+    ("top1", (("max_nudged_fraction", 0.0),)): [0.4],
+    ("top1", (("max_nudged_fraction", 0.5),)): [0.4],
+    ("margin", (("max_nudged_fraction", 0.3),)): [0.3],
+}
+LOOKAHEAD, BUDGET = 8, 40
+
+
+@pytest.fixture(scope="module")
+def outcomes(tokenizers):  # noqa: F811
+    rows = []
+    for name, (btok, bmodel, ntok, nmodel, same_prompt) in _pairs(tokenizers).items():
+        engine = Nudger(local(bmodel, btok, "base"), local(nmodel, ntok, "nudger"))
+        ref_base, ref_nudger = RefModel(bmodel, btok), RefModel(nmodel, ntok)
+        for ((rule, extra), gammas), prompt in itertools.product(CASES.items(), PROMPTS):
+            for gamma in gammas:
+                base_prompt = prompt + "\n"
+                nudger_prompt = base_prompt if same_prompt else _chat(ntok, prompt)
+                settings = dict(extra)
+                expected = reference_nudging(ref_base, ref_nudger, base_prompt, nudger_prompt, gamma, LOOKAHEAD,
+                                             BUDGET, rule=rule, **settings)
+                got = engine.generate(base_prompt=base_prompt, nudger_prompt=nudger_prompt, gamma=gamma,
+                                      lookahead=LOOKAHEAD, max_new_tokens=BUDGET, rule=rule, **settings)
+                rows.append((f"{name} {rule} {settings} gamma={gamma} prompt={prompt!r}", rule, settings, expected, got))
+    return rows
+
+
+def test_engine_matches_reference_for_every_rule(outcomes):
+    for where, _, _, expected, got in outcomes:
+        if expected.margin < 1e-9:
+            continue  # a decision float rounding could flip (none in this grid; counted below)
+        assert_same_answer(expected, got, where)
+        assert_trace_matches(expected, got, where)
+    assert sum(expected.margin < 1e-9 for *_, expected, _ in outcomes) <= len(outcomes) // 50
+
+
+def test_each_rule_reaches_its_branches(outcomes):
+    events = {}
+    for _, rule, settings, expected, _ in outcomes:
+        key = "cap" if "max_nudged_fraction" in settings else rule
+        events.setdefault(key, set()).update(expected.events)
+        events.setdefault(f"{key} stop", set()).add(expected.stop_reason)
+    for rule in ("entropy", "margin"):
+        assert {"takeover_confident", "word_accepted", "base_stage_unsure"} <= events[rule], (rule, events[rule])
+    assert {"takeover_filtered", "word_accepted"} <= events["agreement"], events["agreement"]
+    assert {"capped", "capped_eos", "capped_length"} <= events["cap"], events["cap"]
+
+
+def test_the_rules_change_the_answers(outcomes):
+    """Each rule decides differently from top1 somewhere in the grid (else the comparison shows nothing)."""
+    by_rule = {}
+    for where, rule, settings, expected, _ in outcomes:
+        by_rule.setdefault(rule if not settings or "agreement_k" in settings else "cap", []).append(expected.text)
+    for rule in ("entropy", "margin", "agreement", "cap"):
+        assert len(set(by_rule[rule])) > 1, rule
+
+
+def test_the_cap_ends_with_the_base(outcomes):
+    """With F = 0 the nudger writes one round only (the first nudge with a word puts it above 0); the capped
+    round is the last, and the base writes all of it."""
+    capped = [(where, got) for where, _, settings, expected, got in outcomes
+              if settings.get("max_nudged_fraction") == 0.0 and "capped" in expected.events]
+    assert capped
+    for where, got in capped:
+        assert len(got.trace) == 2 and got.trace[-1].takeover == "capped", where
+        assert got.stop_reason in ("eos", "length"), where
+        assert got.trace[-1].stage_tokens == 0 or got.spans[-1].source == "base", where
+
+
+@pytest.mark.parametrize("setting, message", [
+    ({"rule": "top2"}, "rule must be one of top1, entropy, margin, agreement, got 'top2'"),
+    ({"agreement_k": 0}, "agreement_k must be an integer from 1 to 20, got 0"),
+    ({"max_nudged_fraction": 1.5}, "max_nudged_fraction must be a number from 0 to 1, got 1.5"),
+    ({"max_nudged_fraction": "half"}, "max_nudged_fraction must be a number from 0 to 1, got 'half'"),
+])
+def test_bad_rule_settings_are_refused(setting, message):
+    with pytest.raises(InvalidArgumentError, match=message):
+        NudgingConfig(**setting)
