@@ -1,8 +1,9 @@
 """The nudging algorithm (NUDGING_SPEC.md), written as a generator of answer spans.
 
 A large base model writes the answer; wherever its top-1 probability falls below gamma (or the score of another
-acceptance rule, nudging.rules) the small aligned nudger writes the next word(s). The models exchange text only. This module is the one place the algorithm lives:
-the CLI, the server and the evaluation consume its spans. Each round is recorded in `state.trace`.
+acceptance rule, nudging.rules) the small aligned nudger writes the next word(s). The models exchange text only.
+This module is the one place the algorithm lives: the CLI, the server and the evaluation consume its spans. Each
+round is recorded in `state.trace`.
 """
 
 from __future__ import annotations
