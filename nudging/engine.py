@@ -62,6 +62,19 @@ def _rounds(
         state.words.add(text, source)
         return Span(text, source)
 
+    def base_stage(run: Run, choice: Choice, to_the_end: bool) -> Iterator[Span]:
+        """The base extends its run from `choice` until EOS or, unless `to_the_end`, a choice the rule finds
+        unsure; at the budget it sets stop reason "length"."""
+        while not choice.is_eos:
+            trace.stage_tokens += 1
+            yield write(run.append(choice), "base")
+            if budget_reached():
+                state.stop_reason = "length"
+                return
+            choice = run.next_choice()
+            if not to_the_end and rule.score(choice) < config.gamma:
+                return
+
     rule = rule_of(config)
     while True:
         trace = RoundTrace()
@@ -71,14 +84,8 @@ def _rounds(
         if config.max_nudged_fraction is not None and state.words.nudged_share > config.max_nudged_fraction:
             trace.takeover = "capped"
             run = base.start_run(base_prompt + state.answer)
-            while not (choice := run.next_choice()).is_eos:
-                piece = run.append(choice)
-                trace.stage_tokens += 1
-                yield write(piece, "base")
-                if budget_reached():
-                    state.stop_reason = "length"
-                    return
-            state.stop_reason = "eos"
+            yield from base_stage(run, run.next_choice(), to_the_end=True)
+            state.stop_reason = state.stop_reason or "eos"
             return
         # 1. Lookahead: the nudger proposes up to L tokens.
         lookahead, nudger_done = nudger.greedy(nudger_prompt + state.answer, config.lookahead)
@@ -108,17 +115,9 @@ def _rounds(
         # 5. Base stage, continuing the run of the takeover query.
         if takeover is None:
             continue
-        run, choice = takeover
-        while not choice.is_eos:
-            piece = run.append(choice)
-            trace.stage_tokens += 1
-            yield write(piece, "base")
-            if budget_reached():
-                state.stop_reason = "length"
-                return
-            choice = run.next_choice()
-            if rule.score(choice) < config.gamma:
-                break
+        yield from base_stage(*takeover, to_the_end=False)
+        if state.stop_reason is not None:
+            return
 
 
 def _accept_words(
