@@ -132,7 +132,7 @@ class RemoteModel(TokenizedModel):
         self.context_length = capabilities.context_length
         self.counters = RemoteCounters()
         self.eos_strings = _eos_strings(tokenizer)
-        self.special_strings = sorted(set(getattr(tokenizer, "all_special_tokens", []) or []), key=len, reverse=True)
+        self.special_strings = special_strings(tokenizer)
         self._open: RemoteRun | None = None
 
     def replica(self) -> "RemoteModel":
@@ -291,6 +291,11 @@ def _echo_rows(logprobs: dict[str, Any] | None) -> tuple[list[str], list[dict[st
     if not logprobs or not logprobs.get("tokens") or not logprobs.get("top_logprobs"):
         return None
     return list(logprobs["tokens"]), list(logprobs["top_logprobs"])
+
+
+def special_strings(tokenizer: Any) -> list[str]:
+    """The tokenizer's special tokens as text, longest first."""
+    return sorted(set(getattr(tokenizer, "all_special_tokens", []) or []), key=len, reverse=True)
 
 
 def _eos_strings(tokenizer: Any) -> frozenset[str]:

@@ -17,7 +17,8 @@ from typing import Any
 from nudging.config import SamplingConfig
 from nudging.errors import RemoteError
 from nudging.backends.remote.client import ClientSettings, CompletionClient, StreamBroken
-from nudging.backends.remote.model import PROBE_PROMPT, PROTOCOLS, Capabilities, Protocol, RemoteModel, tokens_of
+from nudging.backends.remote.model import (PROBE_PROMPT, PROTOCOLS, Capabilities, Protocol, RemoteModel,
+                                           special_strings, tokens_of)
 from nudging.backends.remote.spec import api_key_from_env, parse
 
 LLAMA_CPP_OWNER = "me"  # llama-cpp-python's /v1/models says owned_by "me"
@@ -173,10 +174,10 @@ def _prompt_end(offsets: list[Any], tokens: list[Any], tokenizer: Any) -> int | 
     at = next((i for i, offset in enumerate(offsets) if offset == len(PROBE_PROMPT)), None)
     if at is not None:
         return at
-    specials = [""] + [str(s) for s in getattr(tokenizer, "all_special_tokens", [])]
+    starts = [PROBE_PROMPT] + [special + PROBE_PROMPT for special in special_strings(tokenizer)]
     joined = ""
     for i, token in enumerate(tokens):
-        if joined in (special + PROBE_PROMPT for special in specials):
+        if joined in starts:
             return i
         joined += str(token)
     return None
