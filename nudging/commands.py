@@ -60,9 +60,14 @@ def add_model_options(parser: argparse.ArgumentParser, sampling: bool = True, ke
     group.add_argument("--rule", default=None, help=f"one of {', '.join(RULES)}: when the base counts as confident (its score >= gamma): top1 "
                        "(its top-1 probability; the paper's), entropy (exp(-entropy)), margin (top-1 minus top-2), "
                        f"agreement (top1, and the nudger writes only words that start with one of the base's top-k "
-                       f"strings) (default {NudgingConfig.rule}; docs/NUDGING_SPEC.md)")
+                       f"strings), window (the nudger writes until the base's mean top-1 over the next --window "
+                       f"tokens of its text reaches gamma, then the base writes the rest) (default "
+                       f"{NudgingConfig.rule}; docs/NUDGING_SPEC.md)")
     group.add_argument("--agreement-k", type=int, default=None, help="--rule agreement: the base's most likely "
                        f"strings a nudged word may start with (1-{MAX_TOP_K}, default {NudgingConfig.agreement_k})")
+    group.add_argument("--window", type=int, default=None, metavar="W", help="--rule window: base tokens of the "
+                       f"nudger's text the base's top-1 is averaged over (1-{MAX_LOOKAHEAD}, default "
+                       f"{NudgingConfig.window})")
     group.add_argument("--max-nudged-fraction", type=float, default=None, metavar="F",
                        help="once the nudger has written more than F (0-1) of the answer's words, the base writes the "
                             "rest (default: no cap)")
@@ -102,7 +107,7 @@ def model_options(args: argparse.Namespace) -> dict[str, Any]:
         "nudger_tokenizer": args.nudger_tokenizer, "remote_protocol": args.remote_protocol,
         "client_settings": ClientSettings(**{k: v for k, v in client.items() if v is not None}),
         "alpha": args.alpha, "top_k": args.ensemble_top_k, "rule": args.rule, "agreement_k": args.agreement_k,
-        "max_nudged_fraction": args.max_nudged_fraction,
+        "window": args.window, "max_nudged_fraction": args.max_nudged_fraction,
     }
 
 

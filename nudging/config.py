@@ -14,7 +14,7 @@ GAMMA_RANGE = (0.0, 1.0)  # open: gamma lies strictly between the two
 TOP_P_RANGE = (0.0, 1.0)  # half-open: above the first, up to and including the second
 SEED_RANGE = (-(2**63), 2**63 - 1)  # a signed 64-bit integer, as torch and OpenAI-compatible servers (vLLM) take
 # Acceptance rules (nudging.rules, NUDGING_SPEC.md "Other acceptance rules"); each compares its score with gamma.
-RULES = ("top1", "entropy", "margin", "agreement")
+RULES = ("top1", "entropy", "margin", "agreement", "window")
 MAX_TOP_K = 20  # the most top logprobs vLLM returns by default (--max-logprobs)
 
 
@@ -27,6 +27,7 @@ class NudgingConfig:
     max_new_tokens: int = 512
     rule: str = "top1"  # when the base counts as confident: one of RULES
     agreement_k: int = 5  # the agreement rule: how many of the base's most likely strings the nudger may write
+    window: int = 4  # the window rule: base tokens of the nudger's text over which the base's mean top-1 is taken
     max_nudged_fraction: float | None = None  # once the nudger wrote more than this share of words, the base writes on
 
     def __post_init__(self) -> None:
@@ -34,6 +35,8 @@ class NudgingConfig:
             raise InvalidArgumentError(f"rule must be one of {', '.join(RULES)}, got {self.rule!r}")
         if isinstance(self.agreement_k, bool) or not isinstance(self.agreement_k, int) or not 1 <= self.agreement_k <= MAX_TOP_K:
             raise InvalidArgumentError(f"agreement_k must be an integer from 1 to {MAX_TOP_K}, got {self.agreement_k!r}")
+        if isinstance(self.window, bool) or not isinstance(self.window, int) or not 1 <= self.window <= MAX_LOOKAHEAD:
+            raise InvalidArgumentError(f"window must be an integer from 1 to {MAX_LOOKAHEAD}, got {self.window!r}")
         fraction = self.max_nudged_fraction
         if fraction is not None and (isinstance(fraction, bool) or not isinstance(fraction, (int, float))
                                      or not 0 <= fraction <= 1):

@@ -14,6 +14,7 @@ from typing import Iterator, Literal
 from nudging.backends.interface import Choice, Model, Run
 from nudging.config import NudgingConfig
 from nudging.errors import ContextWindowFull
+from nudging.positions import answer_targets
 from nudging.rules import Rule, rule_of
 from nudging.text import Source, Span, WordCount, join_words, split_lookahead
 from nudging.trace import RoundTrace
@@ -96,8 +97,14 @@ def _rounds(
             state.stop_reason = "nudger_eos"
             return
 
-        # 2. Nudging words: accept words until the base is confident again or agrees with the next word.
-        nudge_text, takeover = _accept_words(base, base_prompt + state.answer, lookahead, rule, config.gamma, trace)
+        # 2. Nudging words: accept words until the base is confident again or agrees with the next word (the
+        # window rule: cut the lookahead where the base is confident over the next window of it).
+        if rule.window:
+            nudge_text, takeover = _window_switch(base, base_prompt + state.answer, lookahead, rule.window,
+                                                  config.gamma, trace)
+        else:
+            nudge_text, takeover = _accept_words(base, base_prompt + state.answer, lookahead, rule, config.gamma,
+                                                 trace)
 
         # 3. Repetition guard.
         if len(state.nudges) >= 3 and all(previous == nudge_text for previous in state.nudges[-3:]):
@@ -112,10 +119,12 @@ def _rounds(
             state.stop_reason = "length"
             return
 
-        # 5. Base stage, continuing the run of the takeover query.
+        # 5. Base stage, continuing the run of the takeover query (after the window rule's switch, to the end).
         if takeover is None:
             continue
-        yield from base_stage(*takeover, to_the_end=False)
+        yield from base_stage(*takeover, to_the_end=bool(rule.window))
+        if rule.window:
+            state.stop_reason = state.stop_reason or "eos"
         if state.stop_reason is not None:
             return
 
@@ -141,6 +150,29 @@ def _accept_words(
     if len(words) == 1:
         return lookahead, None
     return join_words(lead, words[:-1]), None
+
+
+def _window_switch(
+    base: Model, prefix: str, lookahead: str, window: int, gamma: float, trace: RoundTrace
+) -> tuple[str, tuple[Run, Choice] | None]:
+    """The window rule's step 2: the lookahead up to its first base position where the base's mean top-1
+    probability over that position and the next window - 1 reaches gamma, and the base run that takes over
+    there; else the part of the lookahead whose windows were all checked, and None."""
+    cuts = [len(text) - len(prefix) for text, _ in answer_targets(base, prefix, lookahead, ended=False)
+            if len(text) >= len(prefix)]
+    if len(cuts) < window:
+        return lookahead, None
+    scores: list[float] = []
+    runs: list[tuple[Run, Choice]] = []
+    for run, choice in base.choices_at_prefixes([prefix + lookahead[:cut] for cut in cuts], draft=prefix + lookahead):
+        trace.boundaries_checked += 1
+        runs.append((run, choice))
+        scores.append(choice.top1_prob)
+        if len(scores) >= window and sum(scores[-window:]) / window >= gamma:
+            first = len(scores) - window
+            trace.takeover = "base"
+            return lookahead[: cuts[first]], runs[first]
+    return lookahead[: (cuts + [len(lookahead)])[len(cuts) - window + 1]], None
 
 
 def single_model(

@@ -143,8 +143,8 @@ class Nudger:
     def generate(self, question: str | None = None, *, base_prompt: str | None = None,
                  nudger_prompt: str | None = None, system: str | None = None, mode: Mode = "nudging",
                  gamma: float | None = None, lookahead: int | None = None, max_new_tokens: int | None = None,
-                 rule: str | None = None, agreement_k: int | None = None, max_nudged_fraction: float | None = None,
-                 sampling: dict[str, SamplingConfig] | None = None, stop: str | Sequence[str] | None = None,
+                 rule: str | None = None, agreement_k: int | None = None, window: int | None = None,
+                 max_nudged_fraction: float | None = None, sampling: dict[str, SamplingConfig] | None = None, stop: str | Sequence[str] | None = None,
                  on_span: Callable[[Span], None] | None = None, should_stop: Callable[[], bool] | None = None,
                  ) -> GenerationResult:
         """Answer one question (or raw prompts, used exactly as given) and return text, spans, stop reason, stats.
@@ -153,7 +153,8 @@ class Nudger:
         the first one written) apply to this generation only. `on_span` gets each piece as it is written;
         `should_stop` is asked after each, and true ends with stop reason "stop"."""
         config = self.config.with_overrides(gamma=gamma, lookahead=lookahead, max_new_tokens=max_new_tokens, rule=rule,
-                                            agreement_k=agreement_k, max_nudged_fraction=max_nudged_fraction)
+                                            agreement_k=agreement_k, window=window,
+                                            max_nudged_fraction=max_nudged_fraction)
         stops = check_stops(stop)
         with self.batch.member() if self.batch is not None else nullcontext():  # a lane: one of the batch's members
             state = EngineState()

@@ -5,7 +5,9 @@ Every rule scores the base's next-token choice in [0, 1], higher meaning surer; 
 score is at least gamma. `top1` (the paper's) scores the top-1 probability; `margin` the top-1 minus the top-2
 probability; `entropy` exp(-H), H the entropy in nats (so it hands over where H > ln(1/gamma), i.e. where the
 base spreads its mass over more than 1/gamma tokens' worth). `agreement` scores like top1 and in addition lets
-the nudger write a word only where it starts with one of the base's `agreement_k` most likely strings.
+the nudger write a word only where it starts with one of the base's `agreement_k` most likely strings. `window`
+(weak-to-strong decoding's switch) scores like top1, but averaged over `window` base positions of the nudger's
+text, and switches once: the base then writes the rest (the engine's `_window_switch`).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ class Rule:
 
     name: str = "top1"
     agreement_k: int = 0  # > 0: the agreement rule's k
+    window: int = 0  # > 0: the window rule's window, in base tokens
 
     def score(self, choice: Choice) -> float:
         """How sure the base is of its next token, in [0, 1]; confident where score >= gamma."""
@@ -49,6 +52,8 @@ class Rule:
     @property
     def scored_by(self) -> str:
         """The name of the score this rule compares with gamma (what calibration measures)."""
+        if self.window:
+            return f"window-{self.window}"
         return "top1" if self.name == "agreement" else self.name
 
     @property
@@ -57,7 +62,8 @@ class Rule:
 
 
 def rule_of(config: NudgingConfig) -> Rule:
-    return Rule(config.rule, config.agreement_k if config.rule == "agreement" else 0)
+    return Rule(config.rule, config.agreement_k if config.rule == "agreement" else 0,
+                config.window if config.rule == "window" else 0)
 
 
 def check_base(config: NudgingConfig, base: Model | None) -> None:

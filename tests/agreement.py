@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from reference import RefResult, split_rounds
 
-CHECKS = {"takeover_by_eos", "takeover_confident", "takeover_agrees", "takeover_filtered", "word_accepted"}  # one per boundary query
+CHECKS = {"takeover_by_eos", "takeover_confident", "takeover_agrees", "takeover_filtered", "word_accepted",
+          "window_checked"}  # one per boundary query
 
 
 def round_takeover(events: list[str]) -> str:
@@ -14,7 +15,7 @@ def round_takeover(events: list[str]) -> str:
         return "capped"
     if "takeover_by_eos" in events:
         return "eos"
-    if {"takeover_confident", "takeover_agrees", "takeover_filtered"} & set(events):
+    if {"takeover_confident", "takeover_agrees", "takeover_filtered", "window_switch", "window_switch_at_once"} & set(events):
         return "base"
     return "none"
 

@@ -153,7 +153,7 @@ def nudged_word_share(spans) -> float:
 
 def reference_nudging(base: RefModel, nudger: RefModel, base_prompt, nudger_prompt, gamma, lookahead, budget,
                       chunk: int | None = None, rule: str = "top1", agreement_k: int = 5,
-                      max_nudged_fraction: float | None = None):
+                      max_nudged_fraction: float | None = None, window: int = 4):
     """The spec's algorithm. With `chunk`, base stages are read as the authors' API code reads them (docs/remote.md,
     "chunked"): each request brings `chunk` tokens from the text it was sent, and the next request starts from the
     whole text so far re-tokenized, not from the run's own tokens. A word check is the first token of such a
@@ -198,6 +198,31 @@ def reference_nudging(base: RefModel, nudger: RefModel, base_prompt, nudger_prom
                 answer += c
                 spans.append((c, "nudger"))
                 return finish("nudger_eos")
+            if rule == "window":
+                nudge, takeover, closest = _window_check(base, base_prompt + answer, c, window, gamma, events)
+                gamma_margin = min(gamma_margin, closest)
+                if len(nudges) >= 3 and all(prev == nudge for prev in nudges[-3:]):
+                    return finish("repetition")
+                nudges.append(nudge)
+                answer += nudge
+                spans.append((nudge, "nudger"))
+                if full():
+                    events.append("length_after_nudge")
+                    return finish("length")
+                if takeover is None:
+                    continue
+                ids, start, token = takeover
+                while token not in base.eos:
+                    piece = base.piece(ids, token, start)
+                    ids = ids + [token]
+                    answer += piece
+                    spans.append((piece, "base"))
+                    if full():
+                        events.append("window_length")
+                        return finish("length")
+                    token, _ = base.top1(ids)
+                events.append("window_eos")
+                return finish("eos")
             lead = c[: len(c) - len(c.lstrip(" "))]
             words = c.lstrip(" ").split(" ")
             if not c:
@@ -277,6 +302,47 @@ def reference_nudging(base: RefModel, nudger: RefModel, base_prompt, nudger_prom
         events.append("context_full")
         events.append("context_full_base" if full_context.args[0] is base else "context_full_nudger")
         return finish("length")
+
+
+def _window_check(base: RefModel, prefix: str, c: str, window: int, gamma: float, events: list[str]):
+    """NUDGING_SPEC.md, "Window switch", step 2: the nudge, the takeover (ids, start, token) or None, and how close
+    a window's mean came to gamma."""
+    prompt_ids, ids = base.tokens(prefix), base.tokens(prefix + c)
+    start = 0
+    while start < min(len(prompt_ids), len(ids)) and prompt_ids[start] == ids[start]:
+        start += 1
+    start = max(start, 1)
+    pieces = [base.piece(ids[:j], ids[j], start) for j in range(start, len(ids))]
+    written = "".join(pieces)
+    cuts = []
+    if (prefix + c).endswith(written) and len(written) >= len(c):
+        offset = len(prefix + c) - len(written)
+        for j, piece in enumerate(pieces):
+            if piece and (j == 0 or pieces[j - 1]) and offset >= len(prefix):
+                cuts.append(offset - len(prefix))
+            offset += len(piece)
+    else:
+        events.append("window_no_positions")
+    if len(cuts) < window:
+        events.append("window_too_few")
+        return c, None, float("inf")
+    scores, queries, closest = [], [], float("inf")
+    for cut in cuts:
+        query = base.tokens(prefix + c[:cut])
+        token, p = base.top1(query)
+        events.append("window_checked")
+        scores.append(p)
+        queries.append((query, token))
+        if len(scores) >= window:
+            mean = sum(scores[-window:]) / window
+            closest = min(closest, abs(mean - gamma))
+            if mean >= gamma:
+                first = len(scores) - window
+                events.append("window_switch" if first else "window_switch_at_once")
+                query, token = queries[first]
+                return c[: cuts[first]], (query, len(query), token), closest
+    events.append("window_no_switch")
+    return c[: (cuts + [len(c)])[len(cuts) - window + 1]], None, closest
 
 
 # --- the paper's baselines, just as plainly ---------------------------------------------------------------------

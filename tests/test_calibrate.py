@@ -13,6 +13,7 @@ import pytest
 
 from nudging import Nudger
 from nudging.calibrate import analysis, saved
+from nudging.rules import Rule
 from nudging.calibrate.measure import AnswerPositions, answer_targets, measure, read_positions
 from nudging.cli import main
 from nudging.errors import InvalidArgumentError
@@ -145,6 +146,10 @@ def test_a_position_needs_a_whole_character(byte_tokenizer):
         assert ("Q\nAnswer:\n café 😀 ok")[len(text):].startswith(piece)
     top1, agree = read_positions(base, "Q\nAnswer:\n", " café 😀 ok", True)
     assert len(top1) == len(agree) == len(targets)
+    # The window rule reads, at each position that starts a whole window, the mean top-1 over the window.
+    means, window_agree = read_positions(base, "Q\nAnswer:\n", " café 😀 ok", True, Rule("window", window=3))
+    assert means == pytest.approx([sum(top1[j : j + 3]) / 3 for j in range(len(top1) - 2)])
+    assert window_agree == agree[: len(top1) - 2]
 
 
 # --- the command ------------------------------------------------------------------------------------------------

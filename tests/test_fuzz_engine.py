@@ -60,6 +60,7 @@ class Case:
     budget: int
     rule: str = "top1"
     agreement_k: int = 5
+    window: int = 4
     max_nudged_fraction: float | None = None
 
 
@@ -101,10 +102,11 @@ def cases(pool: ModelPool) -> st.SearchStrategy[Case]:
 
 def rule_cases(pool: ModelPool) -> st.SearchStrategy[Case]:
     """Cases with another acceptance rule, and the intervention cap in half of them."""
-    rules = st.tuples(st.sampled_from(["entropy", "margin", "agreement"]), st.sampled_from([3, 20]),
-                      st.one_of(st.none(), st.floats(0.0, 0.8)))
+    rules = st.tuples(st.sampled_from(["entropy", "margin", "agreement", "window"]), st.sampled_from([3, 20]),
+                      st.one_of(st.none(), st.floats(0.0, 0.8)), st.sampled_from([1, 2, 4]))
     return st.tuples(cases(pool), rules).map(
-        lambda drawn: replace(drawn[0], rule=drawn[1][0], agreement_k=drawn[1][1], max_nudged_fraction=drawn[1][2]))
+        lambda drawn: replace(drawn[0], rule=drawn[1][0], agreement_k=drawn[1][1], max_nudged_fraction=drawn[1][2],
+                              window=drawn[1][3]))
 
 
 def fits(model: PoolModel, prompt: str) -> bool:
@@ -121,7 +123,8 @@ def check_case(pool: ModelPool, case: Case, counts: Counter) -> None:
             engine.generate(base_prompt=case.base_prompt, nudger_prompt=case.nudger_prompt, gamma=case.gamma)
         counts["prompt_too_long"] += 1
         return
-    rule = dict(rule=case.rule, agreement_k=case.agreement_k, max_nudged_fraction=case.max_nudged_fraction)
+    rule = dict(rule=case.rule, agreement_k=case.agreement_k, window=case.window,
+                max_nudged_fraction=case.max_nudged_fraction)
     expected = reference_nudging(base.reference, nudger.reference, case.base_prompt, case.nudger_prompt,
                                  case.gamma, case.lookahead, case.budget, **rule)
     if expected.margin < TIE:
@@ -204,7 +207,8 @@ def test_quick_fuzz_engine_matches_reference(pool):
 
 def test_quick_fuzz_other_rules_match_reference(pool):
     counts = fuzz_rules(pool, RULE_CASES)
-    reached = {"takeover_confident", "word_accepted", "base_stage_unsure", "takeover_filtered", "capped"}
+    reached = {"takeover_confident", "word_accepted", "base_stage_unsure", "takeover_filtered", "capped",
+               "window_switch", "window_no_switch"}
     assert all(counts[event] for event in reached), {event: counts[event] for event in reached}
     assert counts["set aside (near tie)"] <= counts["cases"] // 20, counts
 

@@ -25,6 +25,8 @@ CASES = {
     ("top1", (("max_nudged_fraction", 0.0),)): [0.4],
     ("top1", (("max_nudged_fraction", 0.5),)): [0.4],
     ("margin", (("max_nudged_fraction", 0.3),)): [0.3],
+    ("window", (("window", 1),)): [0.5],
+    ("window", (("window", 3),)): [0.3, 0.6],
 }
 LOOKAHEAD, BUDGET = 8, 40
 
@@ -67,14 +69,16 @@ def test_each_rule_reaches_its_branches(outcomes):
         assert {"takeover_confident", "word_accepted", "base_stage_unsure"} <= events[rule], (rule, events[rule])
     assert {"takeover_filtered", "word_accepted"} <= events["agreement"], events["agreement"]
     assert {"capped", "capped_eos", "capped_length"} <= events["cap"], events["cap"]
+    assert {"window_switch", "window_switch_at_once", "window_no_switch", "window_eos",
+            "window_length"} <= events["window"], events["window"]
 
 
 def test_the_rules_change_the_answers(outcomes):
     """Each rule decides differently from top1 somewhere in the grid (else the comparison shows nothing)."""
     by_rule = {}
     for where, rule, settings, expected, _ in outcomes:
-        by_rule.setdefault(rule if not settings or "agreement_k" in settings else "cap", []).append(expected.text)
-    for rule in ("entropy", "margin", "agreement", "cap"):
+        by_rule.setdefault(rule if "max_nudged_fraction" not in settings else "cap", []).append(expected.text)
+    for rule in ("entropy", "margin", "agreement", "cap", "window"):
         assert len(set(by_rule[rule])) > 1, rule
 
 
@@ -91,7 +95,9 @@ def test_the_cap_ends_with_the_base(outcomes):
 
 
 @pytest.mark.parametrize("setting, message", [
-    ({"rule": "top2"}, "rule must be one of top1, entropy, margin, agreement, got 'top2'"),
+    ({"rule": "top2"}, "rule must be one of top1, entropy, margin, agreement, window, got 'top2'"),
+    ({"window": 0}, "window must be an integer from 1 to 256, got 0"),
+    ({"window": 2.5}, "window must be an integer from 1 to 256, got 2.5"),
     ({"agreement_k": 0}, "agreement_k must be an integer from 1 to 20, got 0"),
     ({"max_nudged_fraction": 1.5}, "max_nudged_fraction must be a number from 0 to 1, got 1.5"),
     ({"max_nudged_fraction": "half"}, "max_nudged_fraction must be a number from 0 to 1, got 'half'"),

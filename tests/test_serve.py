@@ -86,6 +86,17 @@ def test_a_request_brings_its_own_rule_and_cap(client, local):
     assert default.text != expected.text  # the settings were used, not the server's
 
 
+def test_a_request_brings_the_window_rule(client, local):
+    settings = {"rule": "window", "gamma": 0.5, "window": 2}
+    response = client.completions.create(model="nudging", prompt="The dog sees", max_tokens=30, extra_body=settings)
+    expected = local.generate(base_prompt="The dog sees", nudger_prompt="The dog sees", max_new_tokens=30, **settings)
+    assert response.choices[0].text == expected.text
+    assert response.model_extra["nudging"]["stop_reason"] == expected.stop_reason
+    other = local.generate(base_prompt="The dog sees", nudger_prompt="The dog sees", max_new_tokens=30,
+                           **{**settings, "window": 1})
+    assert other.text != expected.text  # the window was used, not the server's
+
+
 def test_completion_and_base_only(client, local):
     response = client.completions.create(model="nudging", prompt="The dog sees", max_tokens=24)
     expected = local.generate(base_prompt="The dog sees", nudger_prompt="The dog sees", max_new_tokens=24)
@@ -477,7 +488,7 @@ def _inside(number: dict) -> list[float]:
 
 
 @pytest.mark.parametrize("field", ["gamma", "lookahead", "max_tokens", "temperature", "top_p", "seed", "agreement_k",
-                                   "max_nudged_fraction"])
+                                   "window", "max_nudged_fraction"])
 def test_the_documented_ranges_are_the_ones_the_server_checks(server, field):
     """Each range the OpenAPI document gives (from nudging.config) is what the server accepts: a value just
     outside a bound is a 422, a bound that is included is answered."""

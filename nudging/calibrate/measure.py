@@ -21,7 +21,7 @@ from typing import Any, Callable, Protocol, Sequence
 from nudging.backends.interface import Model
 from nudging.config import BATCH_SIZE, NudgingConfig
 from nudging.evals import store
-from nudging.pieces import IncrementalDetokenizer
+from nudging.positions import answer_targets
 from nudging.rules import Rule
 
 
@@ -52,38 +52,10 @@ class AnswerPositions:
         return asdict(self)
 
 
-def answer_targets(base: Model, base_prompt: str, answer: str, ended: bool) -> list[tuple[str, str | None]]:
-    """(text before the position, the answer's next base-token piece there, or None for EOS) for every base
-    position of `answer` after `base_prompt`. Positions inside a multi-byte character are left out."""
-    prompt_ids = base.tokenize(base_prompt)
-    full = base_prompt + answer
-    ids = base.tokenize(full)
-    start = 0
-    while start < min(len(prompt_ids), len(ids)) and prompt_ids[start] == ids[start]:
-        start += 1
-    start = max(start, 1)  # a position needs at least one token before it
-    detokenizer = IncrementalDetokenizer(base.tokenizer, ids[:start])
-    pieces = [detokenizer.push(ids[: j + 1]) for j in range(start, len(ids))]
-    written = "".join(pieces)
-    if not full.endswith(written) or len(written) < len(answer):
-        return []  # a decoder that does not give back the text: nothing to compare against
-    targets: list[tuple[str, str | None]] = []
-    cut = len(full) - len(written)
-    previous_whole = True
-    for piece in pieces:
-        if piece and previous_whole:
-            targets.append((full[:cut], piece))
-        previous_whole = bool(piece)
-        cut += len(piece)
-    if ended:
-        targets.append((full, None))
-    return targets
-
-
 def read_positions(base: Model, base_prompt: str, answer: str, ended: bool,
                    rule: Rule = Rule()) -> tuple[list[float], list[bool]]:
     """The base's score (top-1 probability, or the rule's) and agreement with the answer at each of its
-    positions."""
+    positions (the window rule: at each position that starts a whole window)."""
     targets = answer_targets(base, base_prompt, answer, ended)
     top1: list[float] = []
     agree: list[bool] = []
@@ -96,6 +68,9 @@ def read_positions(base: Model, base_prompt: str, answer: str, ended: bool,
             top1.append(rule.score(choice))
             agree.append(choice.is_eos if piece is None else (not choice.is_eos and choice.piece == piece))
     base.finish()
+    if rule.window:  # the window rule reads the mean top-1 over the positions from each one on
+        top1 = [sum(top1[j : j + rule.window]) / rule.window for j in range(len(top1) - rule.window + 1)]
+        agree = agree[: len(top1)]
     return top1, agree
 
 

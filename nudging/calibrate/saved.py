@@ -30,7 +30,8 @@ class SavedGamma:
 
     def describe(self, path: Path) -> str:
         low, high = self.interval
-        for_rule = f" with --rule {self.rule}" if self.rule != "top1" else ""
+        rule, _, window = self.rule.partition("-")  # "window-4": the window rule's score over 4 positions
+        for_rule = f" with --rule {rule}" + (f" --window {window}" if window else "") if rule != "top1" else ""
         return (f"gamma {self.gamma:g} (calibrated for this pair{for_rule} by {self.method} on {self.source}, "
                 f"95% interval {low:g}-{high:g}, {self.date[:10]}; stored in {path})")
 

@@ -30,6 +30,7 @@ MODEL_ARGS = {
     "base": "base", "nudger": "nudger", "gamma": "gamma", "lookahead": "lookahead", "max_gen_toks": "max_new_tokens",
     "mode": "mode", "system": "system", "dtype": "dtype", "device_map": "device_map", "quantize": "quantize",
     "anti_expert": "anti_expert", "alpha": "alpha", "top_k": "top_k", "calibration": "calibration",
+    "rule": "rule", "agreement_k": "agreement_k", "window": "window", "max_nudged_fraction": "max_nudged_fraction",
 }
 GEN_KWARGS = ("until", "max_gen_toks", "do_sample", "temperature", "top_p")
 LM_EVAL_DEFAULT_DEVICE = "cuda:0"  # lm-eval's --device when none is given, also on machines without a GPU

@@ -73,12 +73,15 @@ class NudgingFields(_Request):
     agreement_k: int | None = Field(default=None, description="rule agreement: the base's strings a nudged word may "
                                     "start with; default: the server's",
                                     json_schema_extra=_in_range(minimum=1, maximum=MAX_TOP_K))
+    window: int | None = Field(default=None, description="rule window: base tokens of the nudger's text the base's "
+                               "top-1 is averaged over; default: the server's",
+                               json_schema_extra=_in_range(minimum=1, maximum=MAX_LOOKAHEAD))
     max_nudged_fraction: float | None = Field(default=None, description="once the nudger wrote more than this share "
                                               "of the words, the base writes the rest; default: the server's",
                                               json_schema_extra=_in_range(minimum=0, maximum=1))
     nudging: bool = True  # false: the base model alone
 
-    @field_validator("gamma", "lookahead", "rule", "agreement_k", "max_nudged_fraction")
+    @field_validator("gamma", "lookahead", "rule", "agreement_k", "window", "max_nudged_fraction")
     @classmethod
     def _nudging_setting(cls, value: float | int | None, info: ValidationInfo) -> float | int | None:
         if value is not None:

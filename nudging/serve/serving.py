@@ -51,7 +51,7 @@ class Job:
     max_tokens: int
     gamma: float | None = None  # None: the server's
     lookahead: int | None = None
-    rule: dict[str, Any] = field(default_factory=dict)  # rule, agreement_k, max_nudged_fraction (None: the server's)
+    rule: dict[str, Any] = field(default_factory=dict)  # rule, agreement_k, window, max_nudged_fraction (None: the server's)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     stops: list[str] = field(default_factory=list)
 
@@ -289,7 +289,8 @@ def _job(service: Service, settings: ServerSettings, body: AnyRequest, base_prom
             service.template.nudger.check_prompt_fits(nudger_prompt, "the nudger prompt")
     except PromptTooLongError as error:
         raise InvalidRequest(str(error), param=prompt_field, code="context_length_exceeded") from error
-    rule = {"rule": body.rule, "agreement_k": body.agreement_k, "max_nudged_fraction": body.max_nudged_fraction}
+    rule = {"rule": body.rule, "agreement_k": body.agreement_k, "window": body.window,
+            "max_nudged_fraction": body.max_nudged_fraction}
     if mode == "nudging":
         try:
             rules.check_base(service.template.config.with_overrides(**rule), service.template.base)
