@@ -40,7 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--stop", action="append", default=None, metavar="TEXT",
                           help="end the answer before this text, and stop decoding once it is written (repeatable)")
     generate.add_argument("--mode", default="nudging", choices=MODES,
-                          help="nudging, one model alone (base, nudger), or a baseline: " + ", ".join(MODES[3:]))
+                          help="nudging, one model alone (base, nudger), nudging with another rule or the cap, or a "
+                               "baseline: " + ", ".join(MODES[3:]))
     generate.add_argument("--json", action="store_true", help="print one JSON object")
     add_model_options(generate)
 

@@ -15,6 +15,7 @@ TOP_P_RANGE = (0.0, 1.0)  # half-open: above the first, up to and including the 
 SEED_RANGE = (-(2**63), 2**63 - 1)  # a signed 64-bit integer, as torch and OpenAI-compatible servers (vLLM) take
 # Acceptance rules (nudging.rules, NUDGING_SPEC.md "Other acceptance rules"); each compares its score with gamma.
 RULES = ("top1", "entropy", "margin", "agreement", "window")
+CAPPED_FRACTION = 0.2  # the method nudging-capped: the nudger's share of words where --max-nudged-fraction gives none
 MAX_TOP_K = 20  # the most top logprobs vLLM returns by default (--max-logprobs)
 
 

@@ -17,7 +17,7 @@ from nudging.backends.interface import Model
 from nudging.baselines.fusion import ensemble, fused_decode, proxy_tuning
 from nudging.baselines.in_context import in_context, in_context_prompt
 from nudging.baselines.text_ensemble import text_ensemble
-from nudging.config import BaselineConfig, NudgingConfig
+from nudging.config import CAPPED_FRACTION, BaselineConfig, NudgingConfig
 from nudging.errors import InvalidArgumentError
 from nudging.text import Span
 
@@ -45,6 +45,17 @@ class Method:
     shared_vocabulary: bool = False  # combines next-token distributions id by id: one vocabulary, local models
     logprobs: tuple[Role, ...] = ()  # roles whose probabilities it reads (a remote server must return logprobs)
     base_prompt: Callable[[str, str | None], str] | None = None  # (question, system) -> base prompt, if not the plain one
+    whole_distribution: bool = False  # reads the base's whole next-token distribution: a local base
+    nudges: bool = False  # runs the nudging engine (gamma, lookahead and the rule settings apply)
+    rule: str | None = None  # a nudging variant's acceptance rule (None: the run's --rule)
+    capped: bool = False  # a nudging variant with the intervention cap (--max-nudged-fraction, else CAPPED_FRACTION)
+
+    def config_for(self, config: NudgingConfig) -> NudgingConfig:
+        """The settings this method runs with, from the run's: a variant's own rule, and its cap."""
+        config = config.with_overrides(rule=self.rule)
+        if self.capped and config.max_nudged_fraction is None:
+            config = config.with_overrides(max_nudged_fraction=CAPPED_FRACTION)
+        return config
 
 
 def _nudging(call: Call) -> Iterator[Span]:
@@ -83,9 +94,24 @@ METHODS: dict[str, Method] = {
     method.name: method
     for method in (
         Method("nudging", "the base writes; the nudger writes the words where the base is unsure",
-               ("base", "nudger"), _nudging, logprobs=("base",)),
+               ("base", "nudger"), _nudging, logprobs=("base",), nudges=True),
         Method("base", "the base alone, greedy", ("base",), _alone("base")),
         Method("nudger", "the nudger alone, greedy", ("nudger",), _alone("nudger")),
+        Method("nudging-entropy", "nudging where the base's exp(-entropy) decides instead of its top-1 probability",
+               ("base", "nudger"), _nudging, logprobs=("base",), whole_distribution=True, nudges=True,
+               rule="entropy"),
+        Method("nudging-margin", "nudging where the base's top-1 minus top-2 probability decides",
+               ("base", "nudger"), _nudging, logprobs=("base",), whole_distribution=True, nudges=True,
+               rule="margin"),
+        Method("nudging-agreement", "nudging where the nudger writes only words that start with one of the base's "
+               "top-k strings (BlendIn's filter)", ("base", "nudger"), _nudging, logprobs=("base",), nudges=True,
+               rule="agreement"),
+        Method("nudging-window", "the nudger writes until the base's mean top-1 over a window of its text reaches "
+               "gamma; then the base writes the rest (weak-to-strong decoding)", ("base", "nudger"),
+               _nudging, logprobs=("base",), nudges=True, rule="window"),
+        Method("nudging-capped", f"nudging until the nudger wrote more than --max-nudged-fraction (default "
+               f"{CAPPED_FRACTION:g}) of the words; then the base writes the rest", ("base", "nudger"),
+               _nudging, logprobs=("base",), nudges=True, capped=True),
         Method("proxy-tuning", "base + alpha * (expert - anti-expert) logits, token by token (Liu et al. 2024)",
                ("base", "nudger", "anti_expert"), _fused(lambda b: proxy_tuning(b.alpha), ROLES),
                shared_vocabulary=True),
@@ -128,6 +154,8 @@ def unfit_reason(
     specs before loading (`fitting`) and on loaded models (`Nudger.check_method`), so both say the same."""
     if "anti_expert" in method.roles and not present("anti_expert"):
         return ANTI_EXPERT_MISSING
+    if method.whole_distribution and remote("base"):
+        return "needs the base's whole next-token distribution (a local base; a server returns only top-k logprobs)"
     if not method.shared_vocabulary:
         return None
     if any(remote(role) for role in method.roles):

@@ -17,7 +17,8 @@ from nudging.pool import LanePool
 from nudging.result import GenerationResult, stats_of
 from nudging.text import Span, StopScanner, check_stops, check_unicode, merge_spans
 
-Mode = Literal["nudging", "base", "nudger", "proxy-tuning", "ensemble", "ensemble-text", "in-context"]
+Mode = Literal["nudging", "base", "nudger", "nudging-entropy", "nudging-margin", "nudging-agreement", "nudging-window",
+               "nudging-capped", "proxy-tuning", "ensemble", "ensemble-text", "in-context"]
 __all__ = ["MODES", "Mode", "Nudger"]
 
 
@@ -28,9 +29,8 @@ class Nudger:
     >>> r = n.generate("What is 12 * 7?")
     >>> r.text, r.spans, r.stop_reason, r.stats
 
-    `mode` picks the method: nudging, one model alone (base, nudger), or one of the paper's baselines
-    (proxy-tuning, ensemble, ensemble-text, in-context; see nudging.methods). Every method returns the same
-    result object.
+    `mode` picks the method: nudging (or a variant with another rule), one model alone (base, nudger), or a
+    baseline (nudging.methods). Every method returns the same result object.
     """
 
     def __init__(self, base: Model | None, nudger: Model | None, config: NudgingConfig | None = None,
@@ -128,7 +128,7 @@ class Nudger:
         """Yield the answer's pieces as they are written; `state` (if given) holds the stop reason at the end.
         `sampling` (by role) replaces the models' own sampling settings for this generation."""
         method = self.check_method(mode)
-        config = config or self.config
+        config = method.config_for(config or self.config)
         state = state if state is not None else EngineState()
         base_text, nudger_text = _prompts(self, question, base_prompt, nudger_prompt, system, method)
         models = self._models()
@@ -144,17 +144,16 @@ class Nudger:
                  nudger_prompt: str | None = None, system: str | None = None, mode: Mode = "nudging",
                  gamma: float | None = None, lookahead: int | None = None, max_new_tokens: int | None = None,
                  rule: str | None = None, agreement_k: int | None = None, window: int | None = None,
-                 max_nudged_fraction: float | None = None, sampling: dict[str, SamplingConfig] | None = None, stop: str | Sequence[str] | None = None,
-                 on_span: Callable[[Span], None] | None = None, should_stop: Callable[[], bool] | None = None,
-                 ) -> GenerationResult:
+                 max_nudged_fraction: float | None = None, sampling: dict[str, SamplingConfig] | None = None,
+                 stop: str | Sequence[str] | None = None, on_span: Callable[[Span], None] | None = None,
+                 should_stop: Callable[[], bool] | None = None) -> GenerationResult:
         """Answer one question (or raw prompts, used exactly as given) and return text, spans, stop reason, stats.
 
         NudgingConfig's fields (None: this Nudger's), `sampling` (by role) and `stop` (strings: the answer ends before
         the first one written) apply to this generation only. `on_span` gets each piece as it is written;
         `should_stop` is asked after each, and true ends with stop reason "stop"."""
         config = self.config.with_overrides(gamma=gamma, lookahead=lookahead, max_new_tokens=max_new_tokens, rule=rule,
-                                            agreement_k=agreement_k, window=window,
-                                            max_nudged_fraction=max_nudged_fraction)
+                                            agreement_k=agreement_k, window=window, max_nudged_fraction=max_nudged_fraction)
         stops = check_stops(stop)
         with self.batch.member() if self.batch is not None else nullcontext():  # a lane: one of the batch's members
             state = EngineState()

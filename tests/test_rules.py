@@ -9,7 +9,9 @@ import itertools
 import pytest
 
 from nudging import Nudger
-from nudging.config import NudgingConfig
+from nudging.config import CAPPED_FRACTION, NudgingConfig
+from nudging.evals import runner
+from nudging.methods import fitting
 from nudging.errors import InvalidArgumentError
 from agreement import assert_same_answer, assert_trace_matches
 from reference import RefModel, reference_nudging
@@ -105,3 +107,47 @@ def test_the_cap_ends_with_the_base(outcomes):
 def test_bad_rule_settings_are_refused(setting, message):
     with pytest.raises(InvalidArgumentError, match=message):
         NudgingConfig(**setting)
+
+
+# --- the rules as methods of their own (nudging eval --method all compares them side by side) -------------------
+
+def test_each_variant_is_nudging_with_its_rule(tokenizers):  # noqa: F811
+    distinct = 0
+    for btok, bmodel, ntok, nmodel, same_prompt in _pairs(tokenizers).values():
+        engine = Nudger(local(bmodel, btok, "base"), local(nmodel, ntok, "nudger"))
+        prompt = "The cat reads\n"
+        prompts = dict(base_prompt=prompt, nudger_prompt=prompt if same_prompt else _chat(ntok, "The cat reads"),
+                       gamma=0.4, lookahead=LOOKAHEAD, max_new_tokens=BUDGET)
+        answers = {"top1": engine.generate(**prompts).text}
+        for rule in ("entropy", "margin", "agreement", "window"):
+            variant = engine.generate(mode=f"nudging-{rule}", **prompts)
+            plain = engine.generate(rule=rule, **prompts)
+            assert (variant.text, variant.stop_reason) == (plain.text, plain.stop_reason), rule
+            answers[rule] = variant.text
+        capped = engine.generate(mode="nudging-capped", **prompts)
+        assert capped.text == engine.generate(max_nudged_fraction=CAPPED_FRACTION, **prompts).text
+        own_cap = engine.generate(mode="nudging-capped", max_nudged_fraction=0.0, **prompts)
+        assert own_cap.text == engine.generate(max_nudged_fraction=0.0, **prompts).text
+        distinct = max(distinct, len(set(answers.values())))
+    assert distinct > 2  # the variants' rules were applied, not the run's top1
+
+
+def test_a_rule_is_part_of_an_eval_result_key():
+    request = runner.EvalRequest(tasks=["coin_flip"], methods=["nudging"], base="b", nudger="n")
+    plain = request.settings("coin_flip", "nudging")
+    assert plain.rule is None  # the paper's rule: the key of result folders written before rules existed
+    other = runner.EvalRequest(tasks=["coin_flip"], methods=["nudging"], base="b", nudger="n",
+                               load_options={"rule": "window", "window": 2})
+    assert other.settings("coin_flip", "nudging").rule == "window w=2"
+    assert other.settings("coin_flip", "nudging").key != plain.key
+    assert request.settings("coin_flip", "nudging-capped").rule == f"top1 cap={CAPPED_FRACTION:g}"
+    assert request.settings("coin_flip", "nudging-agreement").rule == "agreement k=5"
+    assert request.settings("coin_flip", "base").rule is None
+
+
+def test_the_variants_that_read_the_whole_distribution_need_a_local_base():
+    kept, skipped = fitting(["nudging-entropy", "nudging-margin", "nudging-agreement", "nudging-window"],
+                            "openai:base@http://127.0.0.1:9/v1", "openai:chat@http://127.0.0.1:9/v1")
+    assert kept == ["nudging-agreement", "nudging-window"]
+    assert set(skipped) == {"nudging-entropy", "nudging-margin"}
+    assert "whole next-token distribution" in skipped["nudging-entropy"]

@@ -12,8 +12,10 @@ from typing import Any
 from nudging.errors import InvalidArgumentError
 from nudging.evals import results, scoring
 from nudging.evals.tasks import TASK_NAMES
+from nudging.methods import METHODS
 
-METHOD_ORDER = ("base", "in-context", "nudger", "proxy-tuning", "ensemble", "ensemble-text", "nudging")
+METHOD_ORDER = ("base", "in-context", "nudger", "proxy-tuning", "ensemble", "ensemble-text", "nudging",
+                "nudging-entropy", "nudging-margin", "nudging-agreement", "nudging-window", "nudging-capped")
 Z95 = 1.959964
 
 
@@ -108,7 +110,7 @@ def summarize(runs: list[tuple[dict[str, Any], list[dict[str, Any]]]]) -> list[S
         no_answer = answers.count(False) if answers else None
         low, high = wilson(correct, len(verdicts)) if verdicts else (None, None)
         nudged = None
-        if meta["method"] == "nudging" and rows:
+        if meta["method"] in METHODS and METHODS[meta["method"]].nudges and rows:
             words = sum(row["stats"]["nudged_words"] for row in rows if row.get("stats"))
             total = sum(row["stats"]["total_words"] for row in rows if row.get("stats"))
             nudged = words / total if total else 0.0
@@ -232,7 +234,8 @@ def _pooled_share(summaries: list[Summary]) -> str:
 def _by_method(summaries: list[Summary], methods: list[str]) -> list[str]:
     """One row per method over all its tasks: mean accuracy, no answer, answers that ended by themselves, time."""
     lines = ["## By method", "", "| method | tasks | items | mean accuracy (%) | no answer (%) | ended by itself "
-             "| seconds per item |", "|---|---:|---:|---:|---:|---:|---:|"]
+             "| seconds per item | all scored items: accuracy (%) [95%] | nudged words |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for method in methods:
         mine = [s for s in summaries if s.method == method]
         scores = [s.accuracy for s in mine if s.accuracy is not None]
@@ -240,8 +243,13 @@ def _by_method(summaries: list[Summary], methods: list[str]) -> list[str]:
         seconds = sum(s.mean_seconds * s.items for s in mine) / items if items else 0.0
         accuracy = f"{100 * sum(scores) / len(scores):.1f}" if scores else "-"
         ended = sum(s.ended_by_itself for s in mine)
+        correct, scored = sum(s.correct for s in mine), sum(s.scored for s in mine)
+        low, high = wilson(correct, scored) if scored else (0.0, 0.0)
+        pooled = f"{100 * correct / scored:.1f} [{100 * low:.0f}–{100 * high:.0f}]" if scored else "-"
+        shares = [(s.nudged_word_fraction, s.items) for s in mine if s.nudged_word_fraction is not None]
+        nudged = f"{100 * sum(f * n for f, n in shares) / sum(n for _, n in shares):.0f}%" if shares else "-"
         lines.append(f"| {method} | {len(mine)} | {items} | {accuracy} | {_pooled_share(mine)} | {ended}/{items} "
-                     f"| {seconds:.1f} |")
+                     f"| {seconds:.1f} | {pooled} | {nudged} |")
     return lines
 
 

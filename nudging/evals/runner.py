@@ -14,6 +14,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from nudging.config import NudgingConfig
 from nudging.errors import InvalidArgumentError, PromptTooLongError
 from nudging.evals import results, scoring, store
 from nudging.evals.examples import LETTERS, Example
@@ -29,7 +30,7 @@ from nudging.pool import LanePool
 RESULT_VERSION = 1  # bump when prompts or scoring change, so old results are not mixed with new ones
 ENDED_BY_ITSELF = ("eos", "nudger_eos", "stop")  # "stop": in-context alignment reached its next "# Query"
 # left out of the key while unset, so older result files keep their names
-LATER_FIELDS = ("base_protocol", "anti_expert", "alpha", "top_k", "quantize")
+LATER_FIELDS = ("base_protocol", "anti_expert", "alpha", "top_k", "quantize", "rule")
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,7 @@ class RunSettings:
     alpha: float | None = None  # proxy tuning
     top_k: int | None = None  # ensemble-text
     quantize: str | None = None  # local models in 8 or 4 bits: other answers than in dtype
+    rule: str | None = None  # nudging with another rule or the cap: e.g. "window w=4", "top1 cap=0.2" (None: top1)
 
     @property
     def key(self) -> str:
@@ -94,7 +96,7 @@ class EvalRequest:
         spec = self.load_spec()
         roles = METHODS[method].roles
         uses_base, uses_nudger = "base" in roles, "nudger" in roles
-        nudging = method == "nudging"
+        nudging = METHODS[method].nudges
         return RunSettings(
             task=task, method=method,
             base=spec.models.base if uses_base else None,
@@ -109,7 +111,20 @@ class EvalRequest:
             alpha=float(spec.baselines.alpha) if method == "proxy-tuning" else None,
             top_k=spec.baselines.top_k if method == "ensemble-text" else None,
             quantize=spec.local.quantize,
+            rule=rule_setting(METHODS[method].config_for(spec.config)) if nudging else None,
         )
+
+
+def rule_setting(config: NudgingConfig) -> str | None:
+    """The acceptance rule and cap a nudging run used, in words (None: the paper's, top1 without a cap)."""
+    words = [config.rule] if config.rule != "top1" or config.max_nudged_fraction is not None else []
+    if config.rule == "agreement":
+        words.append(f"k={config.agreement_k}")
+    if config.rule == "window":
+        words.append(f"w={config.window}")
+    if config.max_nudged_fraction is not None:
+        words.append(f"cap={config.max_nudged_fraction:g}")
+    return " ".join(words) or None
 
 
 def expand_tasks(names: list[str]) -> list[str]:
@@ -187,7 +202,7 @@ def answer_row(task: Task, example: Example, method: str, nudger: Nudger, reques
     row: dict[str, Any] = {"id": example.id, "task": task.name, "kind": task.kind, "method": method,
                            "prompt": question, "options": list(example.options), "gold": example.gold}
     try:
-        nudging = method == "nudging"
+        nudging = METHODS[method].nudges
         result = nudger.generate(question, system=task.system, mode=method, max_new_tokens=request.max_new_tokens,
                                  gamma=request.gamma if nudging else None,
                                  lookahead=request.lookahead if nudging else None)
