@@ -65,8 +65,9 @@ def test_batched_nudging_matches_the_reference(tokenizers, monkeypatch):
 
 
 def test_batched_methods_equal_one_at_a_time(tokenizers):
-    """The other methods run batched too (one model alone, the text ensemble, in-context alignment; proxy tuning
-    and the exact ensemble on models with one vocabulary), with the answers they give one at a time."""
+    """The other methods run batched too (one model alone, the text ensemble, in-context alignment, nudging with
+    the other rules; proxy tuning and the exact ensemble on models with one vocabulary), with the answers they
+    give one at a time."""
     byte, meta = tokenizers["byte"], tokenizers["meta"]
     cross = Nudger(local(tiny_llama(meta, seed=2, max_positions=2048), meta, "base"),
                    local(tiny_llama(byte, seed=5, eos_logit_scale=1.4), byte, "nudger"))
@@ -74,7 +75,8 @@ def test_batched_methods_equal_one_at_a_time(tokenizers):
                     anti_expert=local(tiny_llama(byte, seed=9), byte, "anti_expert"))
     questions = ["The cat reads the question", "Every student counts two numbers:", "Zoë finds the answer",
                  "A robot writes a long letter"]
-    for engine, modes in ((cross, ["base", "nudger", "ensemble-text", "in-context"]),
+    variants = ["nudging-entropy", "nudging-margin", "nudging-agreement", "nudging-window", "nudging-capped"]
+    for engine, modes in ((cross, ["base", "nudger", "ensemble-text", "in-context"] + variants),
                           (shared, ["proxy-tuning", "ensemble"])):
         for mode in modes:
             alone = [_outcome(engine.generate(q, mode=mode, max_new_tokens=24)) for q in questions]
