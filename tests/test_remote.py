@@ -86,6 +86,19 @@ def start_proxy(upstream: str, fault: str, count: int = 1) -> tuple[subprocess.P
 
 
 # --- equal to local ---------------------------------------------------------------------------------------------
+def test_a_remote_base_under_the_rules_it_can_run_gives_the_local_answers(servers, tiny_folders, local):
+    """agreement (the word checks carry top-k strings) and window (one switch, then a stage to the end) read
+    only what a server's top logprobs give."""
+    pair = remote(servers, tiny_folders, "auto")
+    for question in QUESTIONS:
+        for settings in ({"rule": "agreement", "agreement_k": 3, "gamma": 0.6},
+                         {"rule": "window", "window": 2, "gamma": 0.5},
+                         {"rule": "window", "window": 4, "gamma": 0.8, "max_nudged_fraction": 0.5}):
+            expected = local.generate(question, lookahead=9, **settings)
+            got = pair.generate(question, lookahead=9, **settings)
+            assert same(got, expected), (question, settings, got.text, expected.text)
+
+
 @pytest.mark.parametrize("protocol", ["per-word", "echo", "auto"])
 def test_remote_pair_gives_the_local_answers(servers, tiny_folders, local, protocol):
     pair = remote(servers, tiny_folders, protocol)
