@@ -185,6 +185,22 @@ def test_calibrate_writes_report_plot_and_stored_gamma_and_resumes(capsys, tmp_p
     assert len(lines) == 3 and "\n".join(lines[:2]) + "\n" == positions
 
 
+def test_calibrate_the_window_rule_stores_a_gamma_per_window_size(capsys, tmp_path, chain_folders):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("What is it?\nSay something.\n", encoding="utf-8")
+    store_file = tmp_path / "calibration.json"
+    code, out, err = run_cli(capsys, "calibrate", "--base", chain_folders["base"], "--nudger", chain_folders["nudger"],
+                             "--prompts", str(prompts), "--out", str(tmp_path / "out"), "--calibration",
+                             str(store_file), "--max-new-tokens", "16", "--rule", "window", "--window", "2")
+    assert code == 0, err
+    report = json.loads((tmp_path / "out" / "calibration.json").read_text())
+    assert report["rule"] == "window-2"
+    assert report["calibration"]["positions"] == 6  # 4 positions per answer, 3 of which start a window of 2
+    stored = saved.load(chain_folders["base"], chain_folders["nudger"], store_file, "window-2")
+    assert stored is not None and saved.load(chain_folders["base"], chain_folders["nudger"], store_file) is None
+    assert "--rule window --window 2" in stored.describe(store_file)
+
+
 def test_grid_on_labelled_items_picks_an_accurate_gamma(capsys, tmp_path, chain_folders):
     # With lookahead 2 the base writes " three" (option B, wrong) where it is confident enough (gamma <= 0.22)
     # and the nudger writes " two" (option A, right) where it is not: accuracy 0 below the step, 1 above.
