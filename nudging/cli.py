@@ -9,7 +9,7 @@ from typing import Sequence
 
 from nudging import __version__, models, prompts
 from nudging.calibrate import command as calibrate_command
-from nudging.commands import add_model_options, at_least, chosen_methods, load_nudger, load_spec
+from nudging.commands import add_model_options, at_least, chosen_methods, load_nudger, load_spec, one_nudger
 from nudging.config import BATCH_SIZE, NudgingConfig, ServerSettings
 from nudging.errors import InvalidArgumentError, NudgingError
 from nudging.evals import cli_eval
@@ -19,6 +19,7 @@ from nudging.result import GenerationResult
 from nudging.text import Span, check_stops, check_unicode
 
 NUDGER_STYLE = "bold magenta"
+ONE_NUDGER = ("generate", "bench", "serve")  # eval and calibrate compare several
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -77,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
                                "requests at once")
     evaluate.add_argument("--report", metavar="DIR", nargs="?", const=True, default=None,
                           help="only rebuild the table and chart from the result files in DIR (default: --out)")
-    add_model_options(evaluate, sampling=False)
+    add_model_options(evaluate, sampling=False, several_nudgers=True)
 
     serve = commands.add_parser("serve", help="serve the pair behind an OpenAI-compatible API and a chat page")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
@@ -100,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     calibrate = commands.add_parser("calibrate", help="choose gamma for a model pair from where the models disagree")
     calibrate_command.add_arguments(calibrate)
-    add_model_options(calibrate, sampling=False)
+    add_model_options(calibrate, sampling=False, several_nudgers=True)
 
     setup = commands.add_parser("setup", help="fetch and convert built-in models once (default: the demo pair)")
     setup.add_argument("--models", nargs="*", default=None, metavar="MODEL",
@@ -244,6 +245,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "calibrate": calibrate_command.main, "setup": cmd_setup,
     }
     try:
+        if args.command in ONE_NUDGER:
+            one_nudger(args)  # before anything else runs
         return handlers[args.command](args)
     except NudgingError as error:
         print(f"nudging: error: {error}", file=sys.stderr)

@@ -14,20 +14,26 @@ from typing import Any
 from nudging import models
 from nudging.backends.remote.client import ClientSettings
 from nudging.backends.remote.model import PROTOCOLS
+from nudging.backends.remote.spec import is_remote
 from nudging.config import MAX_LOOKAHEAD, MAX_TOP_K, RULES, BaselineConfig, NudgingConfig, SamplingConfig
 from nudging.errors import InvalidArgumentError
 from nudging.evals import runner
-from nudging.loading import AUTO, LoadSpec, ModelSpecs, announce_auto_gamma
+from nudging.loading import AUTO, LoadSpec, ModelSpecs, SharedBase, announce_auto_gamma
 from nudging.methods import MODES, fitting
 from nudging.nudger import Nudger
 
 
-def add_model_options(parser: argparse.ArgumentParser, sampling: bool = True, key_flag: str = "--api-key") -> None:
+def add_model_options(parser: argparse.ArgumentParser, sampling: bool = True, key_flag: str = "--api-key",
+                      several_nudgers: bool = False) -> None:
+    """The model flags. --nudger is always collected as a list, so that a command that takes one nudger can say so
+    when it is given twice (`one_nudger`) instead of keeping the last; `several_nudgers` only changes its help."""
     group = parser.add_argument_group("models")
     group.add_argument("--base", default=None, help="base model: hub id, folder, .gguf file, demo-base, or "
                                                     f"openai:MODEL@http://HOST:PORT/v1 (default {ModelSpecs.base})")
-    group.add_argument("--nudger", default=None, help="aligned nudger: hub id, folder, .gguf, demo-nudger, or "
-                                                      f"openai:MODEL@URL (default {ModelSpecs.nudger})")
+    several = "; repeat it to compare several nudgers with this base" if several_nudgers else ""
+    group.add_argument("--nudger", action="append", default=None,
+                       help="aligned nudger: hub id, folder, .gguf, demo-nudger, or openai:MODEL@URL (default "
+                            f"{ModelSpecs.nudger}{several})")
     group.add_argument("--dtype", default=None, choices=models.DTYPES, help="default auto")
     group.add_argument("--device", default=None, choices=models.DEVICES, help="default auto")
     group.add_argument("--device-map", default=None, choices=models.DEVICE_MAPS,
@@ -97,12 +103,41 @@ def gamma_value(text: str) -> float | str:
         raise argparse.ArgumentTypeError(f"must be a number in (0, 1) or auto, got {text!r}") from None
 
 
+def nudger_specs(args: argparse.Namespace) -> list[str | None]:
+    """The --nudger values in the order given ([None]: the default nudger); one given twice is an error."""
+    given = args.nudger if isinstance(args.nudger, list) else [args.nudger]
+    for index, spec in enumerate(given):
+        if spec in given[:index]:
+            raise InvalidArgumentError(f"--nudger {spec} is given twice")
+    return given or [None]
+
+
+def one_nudger(args: argparse.Namespace) -> str | None:
+    """The one --nudger of a command that takes one (None: the default)."""
+    specs = nudger_specs(args)
+    if len(specs) > 1:
+        raise InvalidArgumentError(f"--nudger takes one nudger; several are for eval and calibrate (got {len(specs)})")
+    return specs[0]
+
+
+def for_nudger(args: argparse.Namespace, spec: str | None) -> argparse.Namespace:
+    """The command line with only this --nudger (None: the default one)."""
+    return argparse.Namespace(**{**vars(args), "nudger": spec})
+
+
+def check_nudger_specs(specs: list[str | None]) -> None:
+    """With several nudgers: each local spec resolves (an unknown folder fails before the first nudger's work)."""
+    for spec in specs:
+        if spec is not None and not is_remote(spec):
+            models.resolve(spec)
+
+
 def model_options(args: argparse.Namespace) -> dict[str, Any]:
     """LoadSpec.build's keywords for the models, remote servers and baselines, from the command line (None:
     the default)."""
     client = {"timeout": args.timeout, "retries": args.retries}
     return {
-        "base": args.base, "nudger": args.nudger, "anti_expert": args.anti_expert, "dtype": args.dtype,
+        "base": args.base, "nudger": one_nudger(args), "anti_expert": args.anti_expert, "dtype": args.dtype,
         "device": args.device, "device_map": args.device_map, "quantize": args.quantize, "api_key": args.remote_api_key, "base_tokenizer": args.base_tokenizer,
         "nudger_tokenizer": args.nudger_tokenizer, "remote_protocol": args.remote_protocol,
         "client_settings": ClientSettings(**{k: v for k, v in client.items() if v is not None}),
@@ -129,14 +164,18 @@ def load_spec(args: argparse.Namespace, max_new_tokens: int | None = None, mode:
 
 
 def load_nudger(args: argparse.Namespace, max_new_tokens: int | None = None, mode: str | None = None,
-                methods: list[str] | None = None, spec: LoadSpec | None = None) -> Nudger:
+                methods: list[str] | None = None, spec: LoadSpec | None = None,
+                shared: SharedBase | None = None) -> Nudger:
     """Load the models a command line names; with --gamma auto, say first when a calibration will run, and
-    afterwards which gamma was used."""
+    afterwards which gamma was used. `shared`: a base kept from an earlier pair, reused where it fits (and this
+    pair's base kept there in turn)."""
     spec = spec or load_spec(args, max_new_tokens, mode, methods)
     notice = announce_auto_gamma(spec)
     if notice:
         print(f"nudging: --gamma auto: {notice}", file=sys.stderr)
-    nudger = Nudger.from_pretrained(spec=spec)
+    nudger = Nudger.from_pretrained(spec=spec, reuse=shared.offer(spec) if shared else None)
+    if shared is not None:
+        shared.keep(spec, nudger.base)
     if nudger.gamma_note:
         print(f"nudging: --gamma auto: {nudger.gamma_note}", file=sys.stderr)
     return nudger
@@ -147,7 +186,7 @@ def chosen_methods(requested: list[str], args: argparse.Namespace, default: list
     and returns the others with the reason they cannot."""
     if "all" not in requested:
         return list(dict.fromkeys(requested or default)), {}
-    specs = LoadSpec.build(args.base, args.nudger, anti_expert=args.anti_expert).models
+    specs = LoadSpec.build(args.base, one_nudger(args), anti_expert=args.anti_expert).models
     return fitting(list(MODES), specs.base, specs.nudger, specs.anti_expert)
 
 

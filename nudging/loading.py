@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Literal, Mapping, Sequence
 
 from nudging import models
 from nudging.backends.interface import Model
@@ -126,12 +126,14 @@ class LoadSpec:
         return self.base_sampling if role == "base" else self.nudger_sampling
 
 
-def load_models(spec: LoadSpec) -> dict[str, Model | None]:
+def load_models(spec: LoadSpec, reuse: Mapping[str, Model] | None = None) -> dict[str, Model | None]:
     """The models the spec's methods use, by role (None for the others). Every local spec is resolved, and each
     method checked to fit these models (comparing vocabularies where a method needs one), before any weights
-    load, so a bad spec or a method that cannot run fails fast."""
+    load, so a bad spec or a method that cannot run fails fast. `reuse`: models already loaded for this spec,
+    by role (see SharedBase), taken as they are."""
+    reuse = reuse or {}
     wanted = roles_for(list(spec.methods))
-    present = {role for role in wanted if spec.models.of(role)}  # a missing anti-expert: `fitting` says so
+    present = {role for role in wanted if spec.models.of(role) and role not in reuse}  # `fitting` names a missing one
     sources = {role: models.resolve(spec.models.of(role)) for role in present if not is_remote(spec.models.of(role))}
     _, unfit = fitting(list(spec.methods), spec.models.base, spec.models.nudger, spec.models.anti_expert)
     if unfit:
@@ -143,12 +145,39 @@ def load_models(spec: LoadSpec) -> dict[str, Model | None]:
     for role in ROLES:
         if role not in wanted:
             continue
-        if is_remote(spec.models.of(role)):
+        if role in reuse:
+            loaded[role] = reuse[role]
+        elif is_remote(spec.models.of(role)):
             loaded[role] = _connect(spec, role, "base" if role in reads_probabilities else "nudger")
         else:
             model, tokenizer = spec.local.load(sources[role])
             loaded[role] = LocalModel(model, tokenizer, name=role, sampling=spec.sampling(role))
     return loaded
+
+
+class SharedBase:
+    """A local base loaded for one pair, lent to the next pair with the same base spec and load options, so that
+    runs over several nudgers (`eval`, `calibrate`) load it once. A remote base is not kept (connecting is cheap,
+    and which probe it got depends on the methods)."""
+
+    def __init__(self) -> None:
+        self._spec: LoadSpec | None = None
+        self._model: Model | None = None
+
+    def offer(self, spec: LoadSpec) -> dict[str, Model]:
+        """What `load_models(spec, reuse=...)` may take instead of loading: the kept base, where it fits `spec`."""
+        if self._model is None or self._spec is None or not _same_base(self._spec, spec):
+            return {}
+        return {"base": self._model}
+
+    def keep(self, spec: LoadSpec, base: Model | None) -> None:
+        if isinstance(base, LocalModel):
+            self._spec, self._model = spec, base
+
+
+def _same_base(kept: LoadSpec, spec: LoadSpec) -> bool:
+    return (not is_remote(spec.models.base) and kept.models.base == spec.models.base and kept.local == spec.local
+            and kept.base_sampling == spec.base_sampling)
 
 
 def _connect(spec: LoadSpec, role: str, kind: str) -> Model:

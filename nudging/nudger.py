@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from contextlib import nullcontext
-from typing import Any, Callable, Iterator, Literal, Sequence
+from typing import Any, Callable, Iterator, Literal, Mapping, Sequence
 
 from nudging import loading, prompts
 from nudging.backends.batch import Batch, make_lanes
@@ -46,19 +46,19 @@ class Nudger:
         self._methods_checked: set[str] = set()
 
     @classmethod
-    def from_pretrained(cls, base: str | None = None, nudger: str | None = None, *,
-                        spec: loading.LoadSpec | None = None, **options: Any) -> "Nudger":
+    def from_pretrained(cls, base: str | None = None, nudger: str | None = None, *, spec: loading.LoadSpec | None = None,
+                        reuse: Mapping[str, Model] | None = None, **options: Any) -> "Nudger":
         """Load the models from specs (default: the demo pair): a hub id, a local folder, a .gguf file,
         `demo-base`/`demo-nudger`, or a model on an OpenAI-compatible server, `openai:MODEL@http://HOST:PORT/v1`.
 
-        `options`: fields of nudging.loading.LoadSpec and its parts (gamma, lookahead, max_new_tokens, system,
-        dtype, device, device_map, quantize, max_memory, offload_folder (large models: nudging.loading.LocalOptions),
-        base_sampling, nudger_sampling, mode or methods (only their models load), anti_expert,
-        alpha, top_k, api_key, base_tokenizer, nudger_tokenizer, remote_protocol, client_settings, calibration),
-        or a whole `spec`. `gamma="auto"`: the gamma `nudging calibrate` stored for this pair, else one
-        calibrated now (and stored); `gamma_note` says which."""
+        `options`: fields of nudging.loading.LoadSpec and its parts (gamma, lookahead, max_new_tokens, system, dtype,
+        device, device_map, quantize, max_memory, offload_folder (large models: nudging.loading.LocalOptions),
+        base_sampling, nudger_sampling, mode or methods (only their models load), anti_expert, alpha, top_k, api_key,
+        base_tokenizer, nudger_tokenizer, remote_protocol, client_settings, calibration), or a whole `spec`.
+        `gamma="auto"`: the gamma `nudging calibrate` stored for this pair, else one calibrated now (and stored;
+        `gamma_note` says which). `reuse`: models already loaded, by role (loading.SharedBase), taken as they are."""
         spec = spec or loading.LoadSpec.build(base, nudger, **options)
-        models = loading.load_models(spec)
+        models = loading.load_models(spec, reuse)
         pair = cls(models["base"], models["nudger"], spec.config, spec.system, anti_expert=models["anti_expert"],
                    baselines=spec.baselines)
         for method in spec.methods:

@@ -323,3 +323,114 @@ def test_a_remote_base_gives_the_positions_of_the_local_one(pair, tiny_folders, 
     if pair == "chain":
         assert all(record.agree == [True, True, False] for record in got)
     assert remote_pair.base.counters.echo_requests >= len(questions)
+
+
+# --- several nudgers --------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def wrong_nudger(tmp_path_factory, byte_tokenizer):
+    """A nudger that answers " the answer three" (option B, wrong) where the chain nudger answers " two": with the
+    chain base, nudging answers wrong at every gamma."""
+    v = byte_tokenizer.get_vocab()
+    newline, the, answer, two, three = (v[t] for t in ("Ċ", "Ġthe", "Ġanswer", "Ġtwo", "Ġthree"))
+    eos = byte_tokenizer.eos_token_id
+    model = bigram_llama(byte_tokenizer, {newline: {the: 0.95}, the: {answer: 0.95}, answer: {three: 0.95},
+                                          two: {eos: 0.95}, three: {eos: 0.95}})
+    folder = tmp_path_factory.mktemp("wrong") / "wrong"
+    model.save_pretrained(folder)
+    byte_tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
+def test_several_nudgers_on_labelled_items_pick_the_most_accurate_pair(capsys, tmp_path, chain_folders, wrong_nudger,
+                                                                       monkeypatch):
+    from nudging import loading
+
+    data = tmp_path / "items.jsonl"
+    data.write_text("".join(json.dumps({"id": f"q{i}", "question": f"Question {i}: which?", "options": ["two", "three"],
+                                        "answer": "A"}) + "\n" for i in range(4)), encoding="utf-8")
+    store_file = tmp_path / "calibration.json"
+    right, base = chain_folders["nudger"], chain_folders["base"]
+    out = tmp_path / "out"
+    loads = []
+    load = loading.LocalOptions.load
+    monkeypatch.setattr(loading.LocalOptions, "load", lambda self, source: loads.append(source) or load(self, source))
+    # the wrong nudger first: a pick by order alone would choose it
+    code, stdout, err = run_cli(
+        capsys, "calibrate", "--base", base, "--nudger", wrong_nudger, "--nudger", right, "--task", "csqa",
+        "--data", f"csqa={data}", "--limit", "4", "--grid", "0.1,0.3", "--lookahead", "2", "--max-new-tokens", "16",
+        "--out", str(out), "--calibration", str(store_file))
+    assert code == 0, err
+    assert loads == [base, wrong_nudger, right]  # the base once, kept for the second nudger
+    report = json.loads((out / "calibration.json").read_text())
+    assert report["nudgers"] == [wrong_nudger, right]
+    assert [pair["folder"] for pair in report["pairs"]] == [str(out / "wrong"), str(out / "nudger")]
+    accuracy = {pair["nudger"]: {row["gamma"]: row["accuracy"] for row in pair["grid"]["rows"]}
+                for pair in report["pairs"]}
+    assert accuracy[right] == {0.1: 0.0, 0.3: 1.0, 0.56: 1.0} and set(accuracy[wrong_nudger].values()) == {0.0}
+    best = report["best"]
+    assert (best["nudger"], best["gamma"], best["accuracy"]) == (right, 0.56, 1.0)
+    assert best["accuracies"] == {wrong_nudger: 0.0, right: 1.0} and report["note"] is None
+    text = (out / "calibration.md").read_text()
+    assert "**Best: nudger nudger with gamma 0.56**" in text and "| wrong | 0.1 | 0.0% [0-49] | 4 |" in text
+    assert "| nudger **(best)** | 16 | 25.0% | 0.56 | 0.56 | accuracy | 100.0% [51-100] | nudger |" in text
+    assert "Best: nudger nudger with gamma 0.56" in " ".join(stdout.split())
+    assert "csqa · nudging · wrong gamma=0.3: 4/4 done, 0 correct" in err
+    for folder in ("wrong", "nudger"):  # each pair's own files, as a single-nudger run writes them
+        assert (out / folder / "calibration.png").read_bytes().startswith(b"\x89PNG")
+        assert json.loads((out / folder / "calibration.json").read_text())["nudger"] in (right, wrong_nudger)
+    # stored: each pair's gamma (read by --gamma auto), and the best of the two for this base, in either order
+    assert (saved.load(base, right, store_file).gamma, saved.load(base, right, store_file).method) == (0.56, "accuracy")
+    assert saved.load(base, wrong_nudger, store_file) is not None
+    stored = saved.load_best(base, [right, wrong_nudger], store_file)
+    assert (stored.nudger, stored.gamma, stored.candidates) == (right, 0.56, [wrong_nudger, right])
+    assert "stored the best of these 2 nudgers" in err
+    # the grid's answers of both nudgers are one eval folder: a column per (nudger, gamma)
+    code, _, _ = run_cli(capsys, "eval", "--report", str(out / "grid"))
+    table = (out / "grid" / "summary.md").read_text()
+    assert code == 0 and "nudging · nudger gamma=0.56 " in table and "nudging · wrong gamma=0.1 " in table
+
+
+def test_several_nudgers_without_labels_store_each_pair_and_pick_none(capsys, tmp_path, chain_folders, wrong_nudger):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("What is it?\nSay something.\n", encoding="utf-8")
+    store_file = tmp_path / "calibration.json"
+    base = chain_folders["base"]
+    code, stdout, err = run_cli(capsys, "calibrate", "--base", base, "--nudger", chain_folders["nudger"], "--nudger",
+                                wrong_nudger, "--prompts", str(prompts), "--max-new-tokens", "16",
+                                "--out", str(tmp_path / "out"), "--calibration", str(store_file))
+    assert code == 0, err
+    assert "No best nudger is picked" in (tmp_path / "out" / "calibration.md").read_text()
+    assert "No best nudger is picked" in " ".join(stdout.split())
+    report = json.loads((tmp_path / "out" / "calibration.json").read_text())
+    assert report["best"] is None and "separation" in report["note"]
+    assert saved.load(base, chain_folders["nudger"], store_file).gamma == 0.56  # as calibrated alone
+    assert saved.load(base, wrong_nudger, store_file).method == "separation"
+    assert json.loads(store_file.read_text()).get("best_nudgers", {}) == {}
+
+
+def test_ties_in_accuracy_go_to_the_nudger_named_first():
+    from nudging.calibrate.compare import PairOutcome, best
+
+    def outcome(nudger: str, accuracy: float) -> PairOutcome:
+        grid = {"gamma": 0.3, "rows": [{"gamma": 0.3, "accuracy": accuracy}]}
+        return PairOutcome(nudger, nudger, nudger, {"grid": grid},
+                           saved.SavedGamma(0.3, "accuracy", (0.3, 0.3), "s", "b", nudger))
+
+    assert best([outcome("x", 0.5), outcome("y", 0.5), outcome("z", 0.25)], "s").nudger == "x"
+    assert best([outcome("x", 0.25), outcome("y", 0.5), outcome("z", 0.5)], "s").nudger == "y"
+    assert best([outcome("x", 0.5), PairOutcome("y", "y", "y", {"grid": None}, None)], "s") is None
+
+
+def test_eval_with_gamma_auto_takes_each_pairs_own_gamma(capsys, tmp_path, chain_folders, wrong_nudger):
+    store_file = tmp_path / "calibration.json"
+    base, right = chain_folders["base"], chain_folders["nudger"]
+    for nudger, gamma in ((right, 0.15), (wrong_nudger, 0.42)):
+        saved.save(saved.SavedGamma(gamma, "separation", (gamma, gamma), "test", base, nudger), store_file)
+    code, _, err = run_cli(capsys, "eval", "--task", "coin_flip", "--limit", "1", "--method", "nudging", "--base", base,
+                           "--nudger", right, "--nudger", wrong_nudger, "--gamma", "auto", "--calibration",
+                           str(store_file), "--max-new-tokens", "8", "--out", str(tmp_path / "ev"))
+    assert code == 0, err
+    metas = [json.loads(p.read_text()) for p in (tmp_path / "ev").glob("coin_flip__*.json")]
+    assert sorted((m["nudger"], m["gamma"]) for m in metas) == sorted([(right, 0.15), (wrong_nudger, 0.42)])
+    assert "gamma 0.15" in err and "gamma 0.42" in err

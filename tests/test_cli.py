@@ -88,7 +88,10 @@ def test_generate_human_output_shows_answer_and_stats(capsys, tiny_folders):
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(capsys, tiny_folders, extra, message):
-    argv = ["generate", "hi", "--base", tiny_folders["base"], "--nudger", tiny_folders["nudger"], *extra]
+    models = {"--base": tiny_folders["base"], "--nudger": tiny_folders["nudger"]}
+    for flag in extra[::2]:
+        models.pop(flag, None)  # a flag given twice is an error of its own (--nudger: "takes one nudger")
+    argv = ["generate", "hi", *[part for pair in models.items() for part in pair], *extra]
     code, out, err = run_cli(capsys, *argv)
     assert code == 2 and out == ""
     assert len(err.strip().splitlines()) == 1 and message in err and "Traceback" not in err

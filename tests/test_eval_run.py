@@ -314,3 +314,121 @@ def test_concurrent_items_on_local_models_run_batched_with_the_same_rows(capsys,
         outcomes[concurrency] = sorted((r["id"], r["prediction"], r["spans"], r["stop_reason"]) for r in rows(path))
     assert outcomes["4"] == outcomes["1"] and len(outcomes["1"]) == 8
     assert max(packed_passes) > 1  # several lanes in one pass (and none with concurrency 1)
+
+
+# --- several nudgers --------------------------------------------------------------------------------------------
+
+def answers_by_item(folder: Path) -> dict[tuple[str, str | None], dict[str, tuple]]:
+    """(method, nudger) -> item id -> what was answered and how it scored."""
+    found = {}
+    for path in folder.glob("*__*.jsonl"):
+        meta = json.loads(path.with_suffix(".json").read_text())
+        found[(meta["method"], meta["nudger"])] = {
+            a["id"]: (a["prediction"], a["spans"], a["stop_reason"], a["correct"]) for a in rows(path)}
+    return found
+
+
+def csv_rows(folder: Path) -> dict[tuple[str, str], dict]:
+    with (folder / "summary.csv").open() as handle:
+        return {(r["method"].split(" · ")[0], r["nudger"]): r for r in csv.DictReader(handle)}
+
+
+def test_several_nudgers_resume_after_an_interruption_and_equal_single_nudger_runs(capsys, tiny_folders, tmp_path,
+                                                                                   monkeypatch):
+    """Two nudgers: base runs once, nudger and nudging once per nudger; the base loads once and each nudger after
+    the previous one's work, whose weights are let go first. A run interrupted in the second nudger's work resumes
+    to the answers (and report rows) of a run with each nudger alone."""
+    import gc
+    import weakref
+
+    from nudging import loading
+    from nudging.evals import runner
+
+    first, second = tiny_folders["nudger"], tiny_folders["byte-anti"]
+    shared = ["--task", "coin_flip", "--base", tiny_folders["base"], "--limit", "3", "--max-new-tokens", "8"]
+    argv = [*shared, "--nudger", first, "--nudger", second, "--out", str(tmp_path / "both")]
+    loads, alive_at_load = [], []
+    weights: dict[str, weakref.ref] = {}
+    load = loading.LocalOptions.load
+
+    def recording_load(self, source):
+        gc.collect()
+        alive_at_load.append(sorted(name for name, ref in weights.items() if ref() is not None))
+        model, tokenizer = load(self, source)
+        loads.append(Path(source).name)
+        weights[Path(source).name] = weakref.ref(model)
+        return model, tokenizer
+
+    answered = []
+    answer = runner.answer_row
+
+    def interrupted(task, example, method, nudger, request):
+        if request.nudger == second:
+            answered.append(example.id)
+            if len(answered) == 2:
+                raise KeyboardInterrupt
+        return answer(task, example, method, nudger, request)
+
+    monkeypatch.setattr(loading.LocalOptions, "load", recording_load)
+    monkeypatch.setattr(runner, "answer_row", interrupted)
+    code, _, err = run_eval(capsys, *argv)
+    assert code == 130 and "interrupted" in err
+    assert loads == ["base", "nudger", "byte-anti"]  # the base once, kept for the second nudger
+    assert alive_at_load == [[], ["base"], ["base"]]  # the first nudger was let go before the second loaded
+    written = {p.name: p.read_text() for p in (tmp_path / "both").glob("*.jsonl")}
+
+    monkeypatch.setattr(runner, "answer_row", answer)
+    loads.clear()
+    code, _, err = run_eval(capsys, *argv)
+    assert code == 0, err
+    assert loads == ["base", "byte-anti"]  # the first nudger's work was done: nothing of it loads again
+    for name, text in written.items():
+        assert (tmp_path / "both" / name).read_text().startswith(text)
+
+    singles = {}
+    for nudger in (first, second):
+        out = tmp_path / Path(nudger).name
+        assert run_eval(capsys, *shared, "--nudger", nudger, "--out", str(out))[0] == 0
+        singles[nudger] = out
+    both = answers_by_item(tmp_path / "both")
+    assert sorted(both, key=str) == sorted([("base", None), ("nudger", first), ("nudger", second),
+                                            ("nudging", first), ("nudging", second)], key=str)
+    for nudger, out in singles.items():
+        for key, answers in answers_by_item(out).items():
+            assert both[key] == answers and len(answers) == 3, key
+    table_rows = csv_rows(tmp_path / "both")
+    for nudger, out in singles.items():
+        for (method, spec), row in csv_rows(out).items():
+            mine = table_rows[(method, spec)]
+            assert (mine["correct"], mine["accuracy"], mine["items"], mine["no_answer"], mine["ended_by_itself"]) == (
+                row["correct"], row["accuracy"], row["items"], row["no_answer"], row["ended_by_itself"])
+    table = (tmp_path / "both" / "summary.md").read_text()
+    assert ("| task | items | base | nudger · byte-anti | nudger · nudger | nudging · byte-anti | nudging · nudger "
+            "| nudged words |") in table
+    assert f"nudger: {', '.join(sorted([first, second]))}" in table
+    # a single-nudger folder reports as it did: plain method labels
+    assert "| task | items | base | nudger | nudging | nudged words |" in (singles[first] / "summary.md").read_text()
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("a finished run must not load models")
+
+    monkeypatch.setattr(Nudger, "from_pretrained", no_loading)
+    assert run_eval(capsys, *argv)[0] == 0
+
+
+@pytest.mark.parametrize("command", [["generate", "q"], ["bench"], ["serve"]])
+def test_commands_that_take_one_nudger_refuse_several(capsys, command):
+    code = main([*command, "--nudger", "a", "--nudger", "b"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err == "nudging: error: --nudger takes one nudger; several are for eval and calibrate (got 2)\n"
+
+
+def test_several_nudgers_name_a_missing_one_before_any_work(capsys, tiny_folders, tmp_path):
+    missing = str(tmp_path / "missing")
+    code, _, err = run_eval(capsys, "--task", "coin_flip", "--base", tiny_folders["base"], "--nudger",
+                            tiny_folders["nudger"], "--nudger", missing, "--out", str(tmp_path / "o"))
+    assert code == 2 and f"model {missing!r} not found" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists()
+    code, _, err = run_eval(capsys, "--task", "coin_flip", "--nudger", "x", "--nudger", "x")
+    assert code == 2 and "--nudger x is given twice" in err

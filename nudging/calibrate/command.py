@@ -4,20 +4,25 @@ labelled items with a small grid, write the report and plot, and store the choic
 from __future__ import annotations
 
 import argparse
+import gc
 import json
-from dataclasses import asdict
+import re
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from nudging import prompts
-from nudging.calibrate import analysis, saved
+from nudging.calibrate import analysis, compare, saved
+from nudging.calibrate.compare import PairOutcome
 from nudging.calibrate.grid import GridResult, run_grid
 from nudging.calibrate.measure import measure
 from nudging.calibrate.plot import draw
-from nudging.commands import at_least, eval_request, load_nudger, load_spec, parse_data
+from nudging.commands import (at_least, check_nudger_specs, eval_request, for_nudger, load_nudger, load_spec,
+                              nudger_specs, parse_data)
 from nudging.config import BATCH_SIZE
 from nudging.errors import InvalidArgumentError
 from nudging.evals import store
-from nudging.loading import AUTO
+from nudging.loading import AUTO, SharedBase
+from nudging.names import short_name, short_names
 from nudging.rules import check_base, rule_of
 
 DEFAULT_GRID = (0.1, 0.2, 0.3, 0.4, 0.5)
@@ -38,11 +43,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=BATCH_SIZE, help="answers generated at once")
     parser.add_argument("--out", default="calibration", help="folder for positions, report, plot and grid answers")
     parser.add_argument("--no-save", action="store_true", help="do not store the chosen gamma for --gamma auto")
-
-
-def short_name(spec: str) -> str:
-    """A model spec for a title: a local path by its last part."""
-    return Path(spec).name if "/" in spec and Path(spec).exists() else spec
 
 
 def parse_grid(text: str) -> list[float]:
@@ -92,61 +92,126 @@ def questions_for(args: argparse.Namespace) -> tuple[list[str], str | None, str]
     return questions, None, f"{len(questions)} built-in prompts"
 
 
+@dataclass
+class Inputs:
+    """What every pair of a run is calibrated on."""
+
+    questions: list[str]
+    system: str | None
+    described: str
+    grid: list[float]
+
+
 def main(args: argparse.Namespace) -> int:
     from rich.console import Console
+    from rich.markdown import Markdown
 
     console = Console(stderr=True, highlight=False)
     grid = check(args)
+    specs = nudger_specs(args)
+    if len(specs) > 1:
+        check_nudger_specs(specs)
     questions, system, described = questions_for(args)
     if not questions:
         raise InvalidArgumentError("no questions to calibrate on")
     out = store.make_folder(Path(args.out), "--out")
+    if len(specs) > 1:
+        return _several(args, specs, Inputs(questions, system, described, grid), out, console)
+    outcome = _calibrate_pair(args, Inputs(questions, system, described, grid), out, console)
+    Console().print(Markdown((out / "calibration.md").read_text(encoding="utf-8")))
+    if not args.no_save:
+        path = saved.save(outcome.choice, Path(args.calibration) if args.calibration else None)
+        console.print(f"stored gamma {outcome.choice.gamma:g} for this pair in {path} (used by --gamma auto)")
+    console.print(f"wrote {out / 'calibration.md'}, {out / 'calibration.json'}, {out / 'calibration.png'}",
+                  style="dim")
+    return 0
+
+
+def _calibrate_pair(args: argparse.Namespace, inputs: Inputs, out: Path, console, shared: SharedBase | None = None,
+                    name: str | None = None) -> PairOutcome:
+    """Measure one pair (the command line's one --nudger), choose its gamma, and write calibration.json, .md and
+    .png into `out`. `name`: the nudger's name in progress lines, where several are compared."""
     spec = load_spec(args, args.max_new_tokens, "nudging")
     pair = spec.models
-    nudger = load_nudger(args, spec=spec)
-    nudger.system = system
-    console.print(f"calibrating on {described}: the nudger answers each, the base reads its answers", style="dim")
+    nudger = load_nudger(args, spec=spec, shared=shared)
+    nudger.system = inputs.system
+    console.print(f"calibrating on {inputs.described}: the nudger answers each, the base reads its answers"
+                  + (f" (nudger {name})" if name else ""), style="dim")
 
     def progress(done: int, total: int) -> None:
         console.print(f"[{done}/{total}] answers measured", markup=False, style="dim")
 
     rule = rule_of(spec.config)
     check_base(spec.config, nudger.base)
-    records = measure(nudger, questions, args.max_new_tokens, batch_size=args.batch_size,
+    records = measure(nudger, inputs.questions, args.max_new_tokens, batch_size=args.batch_size,
                       path=out / "positions.jsonl", on_done=progress, rule=rule)
     calibration = analysis.calibrate(records, seed=args.seed)
     top1, agree = analysis.flatten(records)
     draw(calibration, analysis.separations(top1, agree), analysis.share_below(top1), out / "calibration.png",
-         title=f"base {short_name(pair.base)} · nudger {short_name(pair.nudger)} · {described}")
+         title=f"base {short_name(pair.base)} · nudger {short_name(pair.nudger)} · {inputs.described}")
     result: GridResult | None = None
-    if grid:
-        result = _grid(args, nudger, grid + [calibration.gamma], calibration.gamma, console)
-    choice = _choice(pair, calibration, result, described, rule.scored_by)
-    report = {"base": pair.base, "nudger": pair.nudger, "rule": rule.scored_by, "on": described,
+    if inputs.grid:
+        result = _grid(args, nudger, inputs.grid + [calibration.gamma], calibration.gamma, console, name)
+    choice = _choice(pair, calibration, result, inputs.described, rule.scored_by)
+    report = {"base": pair.base, "nudger": pair.nudger, "rule": rule.scored_by, "on": inputs.described,
               "max_new_tokens": args.max_new_tokens,
               "calibration": calibration.to_dict(), "grid": result.to_dict() if result else None,
               "chosen": asdict(choice)}
     (out / "calibration.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    text = markdown(report)
-    (out / "calibration.md").write_text(text, encoding="utf-8")
+    (out / "calibration.md").write_text(markdown(report), encoding="utf-8")
+    return PairOutcome(pair.nudger, name or pair.nudger, str(out), report, choice)
+
+
+def _several(args: argparse.Namespace, specs: list[str], inputs: Inputs, out: Path, console) -> int:
+    """Each nudger in turn (one loaded at a time; a local base loaded once), each pair's files in a folder of its
+    own under --out, the grid's answers together in --out/grid; then one table, and the best pair where labelled
+    items scored them."""
+    from rich.console import Console
     from rich.markdown import Markdown
 
+    names = short_names(specs)
+    folders = _folder_names([names[spec] for spec in specs])
+    shared = SharedBase()
+    outcomes = []
+    for spec, folder in zip(specs, folders):
+        pair_out = store.make_folder(out / folder, "--out")
+        outcomes.append(_calibrate_pair(for_nudger(args, spec), inputs, pair_out, console, shared, names[spec]))
+        gc.collect()  # this nudger's weights, before the next one loads
+    chosen = compare.best(outcomes, inputs.described)
+    (out / "calibration.json").write_text(json.dumps(compare.report(outcomes, chosen), indent=2) + "\n",
+                                          encoding="utf-8")
+    text = compare.markdown(outcomes, chosen)
+    (out / "calibration.md").write_text(text, encoding="utf-8")
     Console().print(Markdown(text))
     if not args.no_save:
-        path = saved.save(choice, Path(args.calibration) if args.calibration else None)
-        console.print(f"stored gamma {choice.gamma:g} for this pair in {path} (used by --gamma auto)")
-    console.print(f"wrote {out / 'calibration.md'}, {out / 'calibration.json'}, {out / 'calibration.png'}",
-                  style="dim")
+        path = Path(args.calibration) if args.calibration else None
+        for outcome in outcomes:
+            stored = saved.save(outcome.choice, path)
+            console.print(f"stored gamma {outcome.choice.gamma:g} for base + {outcome.name} in {stored} "
+                          "(used by --gamma auto)")
+        if chosen is not None:
+            stored = saved.save_best(chosen, path)
+            console.print(f"stored the best of these {len(specs)} nudgers for this base in {stored}: "
+                          f"{chosen.describe()}")
+    console.print(f"wrote {out / 'calibration.md'}, {out / 'calibration.json'} and each nudger's files in "
+                  f"{', '.join(str(out / folder) for folder in folders)}", style="dim")
     return 0
 
 
-def _grid(args: argparse.Namespace, nudger, gammas: list[float], prefer: float, console) -> GridResult:
+def _folder_names(names: list[str]) -> list[str]:
+    """A folder name per nudger: its short name in safe characters, numbered where two would be the same."""
+    safe = [re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "nudger" for name in names]
+    return [f"{name}-{index + 1}" if safe.count(name) > 1 else name for index, name in enumerate(safe)]
+
+
+def _grid(args: argparse.Namespace, nudger, gammas: list[float], prefer: float, console,
+          name: str | None = None) -> GridResult:
     from nudging.evals.progress import progress_bars
 
     request = eval_request(
         args, tasks=[args.task], methods=["nudging"], gamma=prefer, max_new_tokens=args.max_new_tokens,
         limit=args.limit, seed=args.seed, out=Path(args.out) / "grid", data=parse_data(args.data),
-        concurrency=args.batch_size,
+        concurrency=args.batch_size, nudger_label=name,
     )
     with progress_bars(console) as (show, warn):
         return run_grid(nudger, request, gammas, prefer, on_progress=show, warn=warn, seed=args.seed)

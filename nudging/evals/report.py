@@ -13,6 +13,7 @@ from nudging.errors import InvalidArgumentError
 from nudging.evals import results, scoring
 from nudging.evals.tasks import TASK_NAMES
 from nudging.methods import METHODS
+from nudging.names import short_names
 
 METHOD_ORDER = ("base", "in-context", "nudger", "proxy-tuning", "ensemble", "ensemble-text", "nudging",
                 "nudging-entropy", "nudging-margin", "nudging-agreement", "nudging-window", "nudging-capped")
@@ -129,21 +130,28 @@ def summarize(runs: list[tuple[dict[str, Any], list[dict[str, Any]]]]) -> list[S
 
 
 def _labels(metas: list[dict[str, Any]]) -> list[str]:
-    """Column labels: the method; where a folder holds several settings of one method, also its gamma when that
-    is what tells them apart (e.g. a grid over gamma), else its settings key."""
-    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    """Column labels: the method; where the folder holds a method with several nudgers, also the nudger's short
+    name ("nudging · SmolLM2-135M-Instruct"); where it holds several settings of one method (and nudger) for a
+    task, also its gamma when that is what tells them apart (e.g. a grid over gamma), else its settings key."""
+    nudgers_of: dict[str, set[str | None]] = {}
+    groups: dict[tuple[str, str, str | None], list[dict[str, Any]]] = {}
     for meta in metas:
-        groups.setdefault((meta["task"], meta["method"]), []).append(meta)
+        nudgers_of.setdefault(meta["method"], set()).add(meta.get("nudger"))
+        groups.setdefault((meta["task"], meta["method"], meta.get("nudger")), []).append(meta)
+    names = short_names(sorted({meta["nudger"] for meta in metas if meta.get("nudger")}))
     labels = []
     for meta in metas:
-        group = groups[(meta["task"], meta["method"])]
+        label = meta["method"]
+        if meta.get("nudger") and len(nudgers_of[meta["method"]]) > 1:
+            label += f" · {names[meta['nudger']]}"
+        group = groups[(meta["task"], meta["method"], meta.get("nudger"))]
         gammas = [m.get("gamma") for m in group]
         if len(group) == 1:
-            labels.append(meta["method"])
+            labels.append(label)
         elif None not in gammas and len(set(gammas)) == len(gammas):
-            labels.append(f"{meta['method']} gamma={meta['gamma']:g}")
+            labels.append(f"{label} gamma={meta['gamma']:g}")
         else:
-            labels.append(f"{meta['method']} {meta['key']}")
+            labels.append(f"{label} {meta['key']}")
     return labels
 
 
@@ -302,10 +310,21 @@ def chart(summaries: list[Summary], path: Path) -> None:
     for axes in (top, bottom):
         axes.set_ylim(0, 105)
         axes.spines[["top", "right"]].set_visible(False)
-    top.legend(frameon=False, ncols=len(methods), loc="upper right")
+    _legend(top, figure, len(methods))
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
+
+
+def _legend(axes, figure, count: int) -> None:
+    """The legend in one row where it fits the figure's width, else in as few rows as fit (long labels: several
+    nudgers, gammas)."""
+    renderer = figure.canvas.get_renderer()
+    for columns in range(count, 0, -1):
+        legend = axes.legend(frameon=False, ncols=columns, loc="upper right")
+        if columns == 1 or legend.get_window_extent(renderer).width <= figure.bbox.width:
+            return
+        legend.remove()
 
 
 def build(folder: Path, warn: results.Warn | None = None) -> tuple[list[Summary], dict[str, Path]]:

@@ -22,7 +22,7 @@ from nudging.evals.judge import Judge
 from nudging.evals.tasks import TASK_NAMES, Task, get_task, load_examples, select
 from nudging.evals.sources import DataUnavailableError
 from nudging.backends.remote.spec import is_remote
-from nudging.loading import LoadSpec
+from nudging.loading import LoadSpec, SharedBase
 from nudging.methods import METHODS, MODES
 from nudging.nudger import Nudger
 from nudging.pool import LanePool
@@ -86,6 +86,7 @@ class EvalRequest:
     # LoadSpec.build's options for remote models and the baselines (anti_expert, alpha, top_k, api_key, ...)
     load_options: dict[str, Any] = field(default_factory=dict)
     concurrency: int = 1  # items answered at once (local models: batched together; remote: one replica each)
+    nudger_label: str | None = None  # with several nudgers: this one's name in the progress labels
 
     def load_spec(self) -> LoadSpec:
         return LoadSpec.build(self.base, self.nudger, gamma=self.gamma, lookahead=self.lookahead,
@@ -94,13 +95,12 @@ class EvalRequest:
 
     def settings(self, task: str, method: str) -> RunSettings:
         spec = self.load_spec()
-        roles = METHODS[method].roles
-        uses_base, uses_nudger = "base" in roles, "nudger" in roles
+        uses_base = "base" in METHODS[method].roles
         nudging = METHODS[method].nudges
         return RunSettings(
             task=task, method=method,
             base=spec.models.base if uses_base else None,
-            nudger=spec.models.nudger if uses_nudger else None,
+            nudger=spec.models.nudger if uses_nudger(method) else None,
             gamma=spec.config.gamma if nudging else None,
             lookahead=spec.config.lookahead if nudging else None,
             max_new_tokens=spec.config.max_new_tokens, seed=self.seed, dtype=spec.local.dtype,
@@ -125,6 +125,10 @@ def rule_setting(config: NudgingConfig) -> str | None:
     if config.max_nudged_fraction is not None:
         words.append(f"cap={config.max_nudged_fraction:g}")
     return " ".join(words) or None
+
+
+def uses_nudger(method: str) -> bool:
+    return "nudger" in METHODS[method].roles
 
 
 def expand_tasks(names: list[str]) -> list[str]:
@@ -157,13 +161,19 @@ class LazyNudger:
     """Loads the models on the first item that needs them, so a finished run resumes without loading; then
     answers on a pool of `concurrency` lanes."""
 
-    def __init__(self, request: EvalRequest, loaded: Nudger | None = None) -> None:
+    def __init__(self, request: EvalRequest, loaded: Nudger | None = None, shared: SharedBase | None = None) -> None:
         self.request = request
         self._loaded = loaded  # models already loaded by the caller (e.g. calibrate's grid over gamma)
+        self._shared = shared  # a base kept across the requests of several nudgers
 
     @cached_property
     def pool(self) -> LanePool[Nudger]:
-        nudger = self._loaded or Nudger.from_pretrained(spec=self.request.load_spec())
+        nudger = self._loaded
+        if nudger is None:
+            spec = self.request.load_spec()
+            nudger = Nudger.from_pretrained(spec=spec, reuse=self._shared.offer(spec) if self._shared else None)
+            if self._shared is not None:
+                self._shared.keep(spec, nudger.base)
         return LanePool(nudger, self.request.concurrency)
 
     def answers(self, task: Task, examples: list[Example], method: str) -> Iterator[dict[str, Any]]:
@@ -235,13 +245,14 @@ Progress = Callable[[str, int, int, int], None]  # (label, done, total, correct 
 
 
 def run(request: EvalRequest, on_progress: Progress | None = None, warn: Callable[[str], None] | None = None,
-        loaded: Nudger | None = None) -> list[Path]:
+        loaded: Nudger | None = None, shared: SharedBase | None = None) -> list[Path]:
     """Answer every item not yet answered; return the result files of this request. `loaded`: models already
-    loaded for it (else they are loaded on the first item that needs them)."""
+    loaded for it (else they are loaded on the first item that needs them); `shared`: a base kept from an earlier
+    request (another nudger), reused where it fits."""
     check_request(request)
     warn = warn or (lambda message: print(f"nudging: warning: {message}", file=sys.stderr))
     store.make_folder(request.out, "--out")
-    nudger = LazyNudger(request, loaded)
+    nudger = LazyNudger(request, loaded, shared)
     paths = []
     for task in request.data:
         if task not in request.tasks:
@@ -269,6 +280,8 @@ def run(request: EvalRequest, on_progress: Progress | None = None, warn: Callabl
             done = sum(1 for e in chosen if e.id in finished)
             correct = sum(1 for e in chosen if finished.get(e.id, {}).get("correct"))
             label = f"{name} · {method}"
+            if request.nudger_label and uses_nudger(method):
+                label += f" · {request.nudger_label}"
             if on_progress:
                 on_progress(label, done, len(chosen), correct)
             pending = [example for example in chosen if example.id not in finished]
