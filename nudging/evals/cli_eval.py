@@ -11,6 +11,7 @@ from nudging.evals import report, runner, store
 from nudging.evals.judge import Judge
 from nudging.evals.progress import progress_bars
 from nudging.loading import AUTO
+from nudging.methods import reads_gamma
 
 DEFAULT_METHODS = ["base", "nudger", "nudging"]
 
@@ -45,7 +46,7 @@ def main(args: argparse.Namespace) -> int:
     else:
         request = request_from(args, warn=warn)
         loaded = None
-        if args.gamma == AUTO and "nudging" in request.methods:
+        if args.gamma == AUTO and reads_gamma(request.methods):
             runner.check_request(request)
             loaded = load_nudger(args, request.max_new_tokens, methods=request.methods)  # resolves gamma
             request.gamma = loaded.config.gamma

@@ -13,7 +13,7 @@ from nudging.errors import InvalidArgumentError
 from nudging.evals import results, scoring
 from nudging.evals.tasks import TASK_NAMES
 
-METHOD_ORDER = ("base", "in-context", "nudger", "proxy-tuning", "ensemble", "ensemble-text", "nudging")
+METHOD_ORDER = ("base", "in-context", "nudger", "proxy-tuning", "ensemble", "ensemble-text", "blend", "nudging")
 Z95 = 1.959964
 
 
