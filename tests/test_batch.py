@@ -74,7 +74,7 @@ def test_batched_methods_equal_one_at_a_time(tokenizers):
                     anti_expert=local(tiny_llama(byte, seed=9), byte, "anti_expert"))
     questions = ["The cat reads the question", "Every student counts two numbers:", "Zoë finds the answer",
                  "A robot writes a long letter"]
-    for engine, modes in ((cross, ["base", "nudger", "ensemble-text", "in-context"]),
+    for engine, modes in ((cross, ["base", "nudger", "ensemble-text", "in-context", "blend"]),
                           (shared, ["proxy-tuning", "ensemble"])):
         for mode in modes:
             alone = [_outcome(engine.generate(q, mode=mode, max_new_tokens=24)) for q in questions]

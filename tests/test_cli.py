@@ -125,7 +125,7 @@ def test_bench_json(capsys, tiny_folders, tmp_path):
                           tiny_folders["base"], "--nudger", tiny_folders["nudger"], "--max-new-tokens", "16")
     assert report["prompts"] == 2 and report["base_only"]["answer_tokens"] > 0
     # every method these models can run, timed in the same run; the shared-vocabulary ones say why they did not
-    assert set(report["methods"]) == {"nudging", "base", "nudger", "ensemble-text", "in-context"}
+    assert set(report["methods"]) == {"nudging", "base", "nudger", "ensemble-text", "in-context", "blend"}
     assert set(report["skipped"]) == {"proxy-tuning", "ensemble"} and "vocabulary" in report["skipped"]["ensemble"]
     nudging = report["methods"]["nudging"]
     assert nudging["time_ratio_vs_base"] > 0 and nudging["time_ratio_vs_nudging"] == 1.0
@@ -185,7 +185,7 @@ def test_bench_times_the_shared_vocabulary_baselines(capsys, tiny_folders, tmp_p
                           tiny_folders["nudger"], "--anti-expert", tiny_folders["byte-anti"], "--max-new-tokens", "8",
                           "--method", "all")
     assert list(report["methods"]) == ["nudging", "base", "nudger", "proxy-tuning", "ensemble", "ensemble-text",
-                                       "in-context"] and report["skipped"] == {}
+                                       "in-context", "blend"] and report["skipped"] == {}
     proxy = report["methods"]["proxy-tuning"]["work_per_answer_token"]
     assert set(proxy) == {"base", "nudger", "anti_expert"}  # one pass per model and token
     assert all(abs(work["forward_passes"] - 1.0) < 0.5 for work in proxy.values())

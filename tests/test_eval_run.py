@@ -268,7 +268,7 @@ def test_method_all_runs_every_method_the_models_can_and_says_why_not_the_others
     code, _, err = run_eval(capsys, "--task", "coin_flip", "--method", "all", *models(tiny_folders), "--limit", "2",
                               "--max-new-tokens", "8", "--out", str(tmp_path))
     assert code == 0
-    methods = {"base", "nudger", "nudging", "ensemble-text", "in-context"}
+    methods = {"base", "nudger", "nudging", "ensemble-text", "in-context", "blend"}
     assert set(result_files(tmp_path)) == {f"coin_flip/{m}" for m in methods}
     assert "skipping proxy-tuning" in err and "skipping ensemble," in err
     table = (tmp_path / "summary.md").read_text()
