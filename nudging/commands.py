@@ -15,7 +15,10 @@ from nudging import models
 from nudging.backends.remote.client import ClientSettings
 from nudging.backends.remote.model import PROTOCOLS
 from nudging.backends.remote.spec import is_remote
-from nudging.config import MAX_LOOKAHEAD, MAX_TOP_K, RULES, BaselineConfig, NudgingConfig, SamplingConfig
+from nudging.config import (
+    BLEND_ALPHA, BLEND_ALPHA_RANGE, MAX_LOOKAHEAD, MAX_TOP_K, PROXY_TUNING_ALPHA, RULES, BaselineConfig, NudgingConfig,
+    SamplingConfig,
+)
 from nudging.errors import InvalidArgumentError
 from nudging.evals import runner
 from nudging.loading import AUTO, LoadSpec, ModelSpecs, SharedBase, announce_auto_gamma
@@ -77,13 +80,16 @@ def add_model_options(parser: argparse.ArgumentParser, sampling: bool = True, ke
     group.add_argument("--max-nudged-fraction", type=float, default=None, metavar="F",
                        help="once the nudger has written more than F (0-1) of the answer's words, the base writes the "
                             "rest (default: no cap)")
-    group = parser.add_argument_group("baselines (proxy-tuning, ensemble-text)")
+    group = parser.add_argument_group("baselines (proxy-tuning, ensemble-text, blend)")
     group.add_argument("--anti-expert", default=None,
                        help="proxy tuning's anti-expert: the nudger's untuned base, with the same vocabulary")
-    group.add_argument("--alpha", type=float, default=None, help="proxy tuning: base + alpha * (expert - "
-                                                                 f"anti-expert) (default {BaselineConfig.alpha:g})")
-    group.add_argument("--ensemble-top-k", type=int, default=None, help="ensemble-text: candidate strings per "
-                       f"model at a disagreement (1-{MAX_TOP_K}, default {BaselineConfig.top_k})")
+    low, high = BLEND_ALPHA_RANGE
+    group.add_argument("--alpha", type=float, default=None,
+                       help=f"proxy tuning: base + alpha * (expert - anti-expert) (default {PROXY_TUNING_ALPHA:g}); "
+                            f"blend: the nudger's weight, (1 - alpha) p_base + alpha p_nudger, from {low:g} to "
+                            f"{high:g} (default {BLEND_ALPHA:g})")
+    group.add_argument("--ensemble-top-k", type=int, default=None, help="ensemble-text and blend: candidate "
+                       f"strings per model (1-{MAX_TOP_K}, default {BaselineConfig.top_k})")
     if not sampling:
         return
     group.add_argument("--system", default=None, help="system text for both prompts")

@@ -100,15 +100,35 @@ class ServerSettings:
 
 
 
+PROXY_TUNING_ALPHA = 1.0  # proxy tuning: base + alpha * (expert - anti-expert); any finite alpha
+BLEND_ALPHA = 0.5  # blend: (1 - alpha) * p_base + alpha * p_nudger
+BLEND_ALPHA_RANGE = (0.0, 1.0)  # closed: both ends allowed
+
+
 @dataclass(frozen=True)
 class BaselineConfig:
-    """Knobs of the paper's baselines: proxy tuning's strength and the text ensemble's candidate lists."""
+    """Knobs of the baselines: alpha (proxy tuning's strength, blend's nudger weight) and the candidate lists of
+    the text ensemble and blend."""
 
-    alpha: float = 1.0  # proxy tuning: base + alpha * (expert - anti-expert)
-    top_k: int = 5  # text ensemble: candidates per model at a disagreement (the authors' API code asks for 5)
+    alpha: float | None = None  # None: the method's own default (PROXY_TUNING_ALPHA, BLEND_ALPHA)
+    top_k: int = 5  # text ensemble, blend: candidate strings per model (the authors' API code asks for 5)
 
     def __post_init__(self) -> None:
-        if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or not math.isfinite(self.alpha):
-            raise InvalidArgumentError(f"alpha must be a finite number, got {self.alpha!r}")
+        alpha = self.alpha
+        if alpha is not None and (isinstance(alpha, bool) or not isinstance(alpha, (int, float))
+                                  or not math.isfinite(alpha)):
+            raise InvalidArgumentError(f"alpha (--alpha) must be a finite number, got {alpha!r}")
         if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or not 1 <= self.top_k <= MAX_TOP_K:
             raise InvalidArgumentError(f"top_k must be an integer from 1 to {MAX_TOP_K}, got {self.top_k!r}")
+
+    @property
+    def proxy_tuning_alpha(self) -> float:
+        return PROXY_TUNING_ALPHA if self.alpha is None else self.alpha
+
+    def blend_alpha(self) -> float:
+        """alpha for blend, which needs it in BLEND_ALPHA_RANGE (an error otherwise)."""
+        alpha = BLEND_ALPHA if self.alpha is None else self.alpha
+        low, high = BLEND_ALPHA_RANGE
+        if not low <= alpha <= high:
+            raise InvalidArgumentError(f"mode blend needs alpha (--alpha) from {low:g} to {high:g}, got {alpha!r}")
+        return alpha

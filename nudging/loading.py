@@ -18,7 +18,7 @@ from nudging.backends.remote.client import ClientSettings
 from nudging.backends.remote.spec import is_remote
 from nudging.config import BaselineConfig, NudgingConfig, SamplingConfig
 from nudging.errors import InvalidArgumentError
-from nudging.methods import METHODS, ROLES, fitting, method_named, roles_for, unfit_error
+from nudging.methods import METHODS, ROLES, fitting, method_named, reads_gamma, roles_for, unfit_error
 from nudging.rules import rule_of
 from nudging.text import check_unicode
 
@@ -113,9 +113,10 @@ class LoadSpec:
         if gamma is not None and not auto:
             parts["config"]["gamma"] = gamma
         chosen = tuple(methods) if methods else (mode or "nudging",)
-        for name in chosen:
-            method_named(name)
+        wanted = [method_named(name) for name in chosen]
         built = {name: kind(**parts[name]) for kind, name in owners.items()}
+        for method in wanted:
+            method.check(built["config"], built["baselines"])
         return cls(**built, **top, gamma_auto=auto, methods=chosen)
 
     def __post_init__(self) -> None:
@@ -137,7 +138,7 @@ def load_models(spec: LoadSpec, reuse: Mapping[str, Model] | None = None) -> dic
     sources = {role: models.resolve(spec.models.of(role)) for role in present if not is_remote(spec.models.of(role))}
     _, unfit = fitting(list(spec.methods), spec.models.base, spec.models.nudger, spec.models.anti_expert)
     if unfit:
-        raise unfit_error(*next(iter(unfit.items())))
+        raise unfit_error(*next(iter(unfit.items())), any(is_remote(spec.models.of(role)) for role in wanted))
     if sources:
         models.check_placement(spec.local.device_map, spec.local.quantize)
     reads_probabilities = {role for name in spec.methods for role in METHODS[name].logprobs}
@@ -212,7 +213,7 @@ def announce_auto_gamma(spec: LoadSpec) -> str | None:
     from nudging.calibrate import saved
 
     path = calibration_path(spec.calibration)
-    if not spec.gamma_auto or "nudging" not in spec.methods or saved.load(
+    if not spec.gamma_auto or not reads_gamma(spec.methods) or saved.load(
             spec.models.base, spec.models.nudger, path, rule_of(spec.config).scored_by) is not None:
         return None
     return (f"no calibrated gamma for this pair in {path}; calibrating on built-in prompts first (once; "

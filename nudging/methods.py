@@ -14,6 +14,7 @@ from typing import Callable, Iterator, Mapping
 
 from nudging import engine, guesses, rules
 from nudging.backends.interface import Model
+from nudging.baselines.blend import blend
 from nudging.baselines.fusion import ensemble, fused_decode, proxy_tuning
 from nudging.baselines.in_context import in_context, in_context_prompt
 from nudging.baselines.text_ensemble import text_ensemble
@@ -44,8 +45,11 @@ class Method:
     generate: Callable[[Call], Iterator[Span]]
     shared_vocabulary: bool = False  # combines next-token distributions id by id: one vocabulary, local models
     logprobs: tuple[Role, ...] = ()  # roles whose probabilities it reads (a remote server must return logprobs)
+    local_only: str | None = None  # why it cannot run on a server's model, if it cannot
     base_prompt: Callable[[str, str | None], str] | None = None  # (question, system) -> base prompt, if not the plain one
     whole_distribution: bool = False  # reads the base's whole next-token distribution: a local base
+    reads_gamma: bool = False  # compares the rule's score with gamma (so gamma "auto" is resolved for it)
+    check_settings: Callable[[NudgingConfig, BaselineConfig], None] | None = None  # raises on settings it cannot use
     nudges: bool = False  # runs the nudging engine (gamma, lookahead and the rule settings apply)
     rule: str | None = None  # a nudging variant's acceptance rule (None: the run's --rule)
     capped: bool = False  # a nudging variant with the intervention cap (--max-nudged-fraction, else CAPPED_FRACTION)
@@ -56,6 +60,15 @@ class Method:
         if self.capped and config.max_nudged_fraction is None:
             config = config.with_overrides(max_nudged_fraction=CAPPED_FRACTION)
         return config
+
+    def check(self, config: NudgingConfig, baselines: BaselineConfig) -> None:
+        """Raise if the method cannot run with these settings (before models load, and on each call)."""
+        if self.check_settings is not None:
+            self.check_settings(config, baselines)
+
+    def run(self, call: Call) -> Iterator[Span]:
+        self.check(call.config, call.baselines)
+        return self.generate(call)
 
 
 def _nudging(call: Call) -> Iterator[Span]:
@@ -86,6 +99,17 @@ def _text_ensemble(call: Call) -> Iterator[Span]:
                          call.config.max_new_tokens, call.state)
 
 
+def _check_blend(config: NudgingConfig, baselines: BaselineConfig) -> None:
+    rules.check_scored(config, "blend")
+    baselines.blend_alpha()
+
+
+def _blend(call: Call) -> Iterator[Span]:
+    m, p = call.models, call.prompts
+    return blend(m["base"], m["nudger"], p["base"], p["nudger"], call.config, call.baselines.top_k,
+                 call.baselines.blend_alpha(), call.state)
+
+
 def _in_context(call: Call) -> Iterator[Span]:
     return in_context(call.models["base"], call.prompts["base"], call.config.max_new_tokens, call.state)
 
@@ -94,26 +118,26 @@ METHODS: dict[str, Method] = {
     method.name: method
     for method in (
         Method("nudging", "the base writes; the nudger writes the words where the base is unsure",
-               ("base", "nudger"), _nudging, logprobs=("base",), nudges=True),
+               ("base", "nudger"), _nudging, logprobs=("base",), nudges=True, reads_gamma=True),
         Method("base", "the base alone, greedy", ("base",), _alone("base")),
         Method("nudger", "the nudger alone, greedy", ("nudger",), _alone("nudger")),
         Method("nudging-entropy", "nudging where the base's exp(-entropy) decides instead of its top-1 probability",
-               ("base", "nudger"), _nudging, logprobs=("base",), whole_distribution=True, nudges=True,
+               ("base", "nudger"), _nudging, logprobs=("base",), whole_distribution=True, nudges=True, reads_gamma=True,
                rule="entropy"),
         Method("nudging-margin", "nudging where the base's top-1 minus top-2 probability decides",
-               ("base", "nudger"), _nudging, logprobs=("base",), whole_distribution=True, nudges=True,
+               ("base", "nudger"), _nudging, logprobs=("base",), whole_distribution=True, nudges=True, reads_gamma=True,
                rule="margin"),
         Method("nudging-agreement", "nudging where the nudger writes only words that start with one of the base's "
-               "top-k strings (BlendIn's filter)", ("base", "nudger"), _nudging, logprobs=("base",), nudges=True,
+               "top-k strings (BlendIn's filter)", ("base", "nudger"), _nudging, logprobs=("base",), nudges=True, reads_gamma=True,
                rule="agreement"),
         Method("nudging-window", "the nudger writes until the base's mean top-1 over a window of its text reaches "
                "gamma; then the base writes the rest (weak-to-strong decoding)", ("base", "nudger"),
-               _nudging, logprobs=("base",), nudges=True, rule="window"),
+               _nudging, logprobs=("base",), nudges=True, reads_gamma=True, rule="window"),
         Method("nudging-capped", f"nudging until the nudger wrote more than --max-nudged-fraction (default "
                f"{CAPPED_FRACTION:g}) of the words; then the base writes the rest", ("base", "nudger"),
-               _nudging, logprobs=("base",), nudges=True, capped=True),
+               _nudging, logprobs=("base",), nudges=True, reads_gamma=True, capped=True),
         Method("proxy-tuning", "base + alpha * (expert - anti-expert) logits, token by token (Liu et al. 2024)",
-               ("base", "nudger", "anti_expert"), _fused(lambda b: proxy_tuning(b.alpha), ROLES),
+               ("base", "nudger", "anti_expert"), _fused(lambda b: proxy_tuning(b.proxy_tuning_alpha), ROLES),
                shared_vocabulary=True),
         Method("ensemble", "the average of base and nudger next-token probabilities, token by token",
                ("base", "nudger"), _fused(lambda b: ensemble, ("base", "nudger")), shared_vocabulary=True),
@@ -122,6 +146,11 @@ METHODS: dict[str, Method] = {
                ("base", "nudger"), _text_ensemble, logprobs=("base", "nudger")),
         Method("in-context", "the base alone after fixed example dialogues (URIAL-style prompt)", ("base",),
                _in_context, base_prompt=in_context_prompt),
+        Method("blend", "the base writes where it is confident; elsewhere the string with the highest "
+               "(1 - alpha) p_base + alpha p_nudger over both models' top-k strings",
+               ("base", "nudger"), _blend, reads_gamma=True, check_settings=_check_blend,
+               local_only="it weighs each model's probability of ending the answer, which a server's stream does "
+                          "not return"),
     )
 }
 MODES = tuple(METHODS)
@@ -133,13 +162,19 @@ def method_named(name: str) -> Method:
     return METHODS[name]
 
 
+def reads_gamma(methods: list[str] | tuple[str, ...]) -> bool:
+    """Whether any of these methods compares a rule's score with gamma."""
+    return any(METHODS[name].reads_gamma for name in methods)
+
+
 def roles_for(methods: list[str] | tuple[str, ...]) -> set[Role]:
     return {role for name in methods for role in METHODS[name].roles}
 
 
-def working_methods(shared_vocabulary: bool) -> list[str]:
-    """Methods that run on models with (or without) one shared vocabulary on local models."""
-    return [name for name, method in METHODS.items() if shared_vocabulary or not method.shared_vocabulary]
+def working_methods(remote: bool = False) -> list[str]:
+    """Methods that run on local models with two vocabularies (remote: on models some of which are on servers)."""
+    return [name for name, method in METHODS.items()
+            if not method.shared_vocabulary and not (remote and (method.local_only or method.whole_distribution))]
 
 
 ANTI_EXPERT_MISSING = ("needs an anti-expert: the untuned base model of the nudger, with its vocabulary (e.g. "
@@ -156,6 +191,8 @@ def unfit_reason(
         return ANTI_EXPERT_MISSING
     if method.whole_distribution and remote("base"):
         return "needs the base's whole next-token distribution (a local base; a server returns only top-k logprobs)"
+    if method.local_only and any(remote(role) for role in method.roles):
+        return f"needs local models ({method.local_only})"
     if not method.shared_vocabulary:
         return None
     if any(remote(role) for role in method.roles):
@@ -174,13 +211,15 @@ def check_fits(method: Method, models: Mapping[Role, Model]) -> None:
             raise InvalidArgumentError(f"mode {method.name!r} needs a {role.replace('_', '-')} model, but this "
                                        "Nudger was built without one")
     vocabulary = functools.cache(lambda role: models[role].tokenizer.get_vocab())
-    reason = unfit_reason(method, lambda role: True, lambda role: not models[role].full_distribution, vocabulary)
+    remote = lambda role: not models[role].full_distribution
+    reason = unfit_reason(method, lambda role: True, remote, vocabulary)
     if reason is not None:
-        raise unfit_error(method.name, reason)
+        raise unfit_error(method.name, reason, any(remote(role) for role in models))
 
 
-def unfit_error(name: str, reason: str) -> InvalidArgumentError:
-    return InvalidArgumentError(f"{name} {reason}; with these models use one of: {', '.join(working_methods(False))}")
+def unfit_error(name: str, reason: str, remote: bool) -> InvalidArgumentError:
+    """The error of a method that cannot run, naming those that can (`remote`: some model is on a server)."""
+    return InvalidArgumentError(f"{name} {reason}; with these models use one of: {', '.join(working_methods(remote))}")
 
 
 def fitting(names: list[str], base: str, nudger: str, anti_expert: str | None = None) -> tuple[list[str], dict[str, str]]:

@@ -12,13 +12,13 @@ from nudging.backends.interface import Model
 from nudging.config import BATCH_SIZE, BaselineConfig, NudgingConfig, SamplingConfig
 from nudging.engine import EngineState
 from nudging.errors import InvalidArgumentError
-from nudging.methods import MODES, ROLES, Call, Method, check_fits, method_named
+from nudging.methods import MODES, ROLES, Call, Method, check_fits, method_named, reads_gamma
 from nudging.pool import LanePool
 from nudging.result import GenerationResult, stats_of
 from nudging.text import Span, StopScanner, check_stops, check_unicode, merge_spans
 
 Mode = Literal["nudging", "base", "nudger", "nudging-entropy", "nudging-margin", "nudging-agreement", "nudging-window",
-               "nudging-capped", "proxy-tuning", "ensemble", "ensemble-text", "in-context"]
+               "nudging-capped", "proxy-tuning", "ensemble", "ensemble-text", "in-context", "blend"]
 __all__ = ["MODES", "Mode", "Nudger"]
 
 
@@ -29,8 +29,8 @@ class Nudger:
     >>> r = n.generate("What is 12 * 7?")
     >>> r.text, r.spans, r.stop_reason, r.stats
 
-    `mode` picks the method: nudging (or a variant with another rule), one model alone (base, nudger), or a
-    baseline (nudging.methods). Every method returns the same result object.
+    `mode` picks the method: nudging (or a variant with another rule), one model alone (base, nudger), a
+    baseline, or blend (nudging.methods). Every method returns the same result object.
     """
 
     def __init__(self, base: Model | None, nudger: Model | None, config: NudgingConfig | None = None,
@@ -63,7 +63,7 @@ class Nudger:
                    baselines=spec.baselines)
         for method in spec.methods:
             pair.check_method(method)
-        if spec.gamma_auto and "nudging" in spec.methods:
+        if spec.gamma_auto and reads_gamma(spec.methods):
             pair.config, pair.gamma_note = loading.resolve_auto_gamma(pair, spec)
         return pair
 
@@ -137,7 +137,7 @@ class Nudger:
         prompt_of = {"base": base_text, "nudger": nudger_text, "anti_expert": base_text}
         for role in method.roles:
             models[role].check_prompt_fits(prompt_of[role], f"the {role.replace('_', '-')} prompt")
-        pieces = method.generate(Call(models, prompt_of, config, self.baselines, state))
+        pieces = method.run(Call(models, prompt_of, config, self.baselines, state))
         return _finishing(pieces, list(models.values()))
 
     def generate(self, question: str | None = None, *, base_prompt: str | None = None,

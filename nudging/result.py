@@ -34,7 +34,7 @@ class GenerationResult:
     stop_reason: str
     stats: GenerationStats
     mode: str = "nudging"
-    trace: list[RoundTrace] = field(default_factory=list)  # what each round did (nudging, ensemble-text)
+    trace: list[RoundTrace] = field(default_factory=list)  # what each round did (nudging, ensemble-text, blend)
 
     def to_dict(self) -> dict[str, Any]:
         stats = asdict(self.stats)

@@ -19,6 +19,10 @@ from nudging.backends.interface import Choice, Model
 from nudging.config import NudgingConfig
 from nudging.errors import InvalidArgumentError
 
+# Rules decided by one position's score alone (Rule.score against gamma): the ones mode blend can use. A rule that
+# needs more than that (a word, a window of positions) is left out.
+SCORED_RULES = ("top1", "entropy", "margin", "agreement")
+
 
 @dataclass(frozen=True)
 class Rule:
@@ -72,3 +76,10 @@ def check_base(config: NudgingConfig, base: Model | None) -> None:
         raise InvalidArgumentError(
             f"rule {config.rule} needs the base's whole next-token distribution, which a server's top logprobs do "
             f"not give; use --rule top1 or agreement with {base.name}, or load the base locally")
+
+
+def check_scored(config: NudgingConfig, method: str) -> None:
+    """`method` reads only the rule's score at each position: refuse a rule that is more than a score."""
+    if config.rule not in SCORED_RULES:
+        raise InvalidArgumentError(f"mode {method} compares the rule's score with gamma at each position; rule "
+                                   f"{config.rule} is not a per-position score: use one of {', '.join(SCORED_RULES)}")

@@ -14,7 +14,8 @@ class RoundTrace:
     """One round. Nudging: the lookahead's length in characters, the word boundaries the base checked, who took
     over after the nudge ("base", "eos" for a base EOS, "none" where no boundary took over, "end" where the round
     ended the answer) and the base stage's token count. The text ensemble: the positions where both models were
-    asked for their next token (`compared`)."""
+    asked for their next token (`compared`). Blend: the base's confident tokens (`stage_tokens`) and 1 in
+    `compared` where the round ended at a blended position."""
 
     lookahead_chars: int = 0
     boundaries_checked: int = 0

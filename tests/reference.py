@@ -447,3 +447,75 @@ def reference_text_ensemble(base: RefModel, nudger: RefModel, base_prompt, nudge
     except ContextFull:
         events.append("context_full")
         return RefResult(answer, _merge(spans), "length", events)
+
+
+END = None  # the end of the answer, a candidate of reference_blend
+
+
+def reference_blend(base: RefModel, nudger: RefModel, base_prompt, nudger_prompt, gamma, alpha, k, budget,
+                    rule: str = "top1"):
+    """NUDGING_SPEC.md, "Soft blending (mode blend)". `margin`: the smallest gap between a confidence score and
+    gamma, and between the two best blended scores, so a test can set aside decisions float rounding could flip."""
+    answer, spans, events = "", [], []
+    margin = float("inf")
+
+    def finish(reason):
+        return RefResult(answer, _merge(spans), reason, events, margin)
+
+    def full():
+        return len(base.tokenizer(answer, add_special_tokens=False)["input_ids"]) >= budget
+
+    try:
+        while True:
+            events.append("round")
+            ids = base.tokens(base_prompt + answer)
+            start = len(ids)
+            while True:
+                row = _logprobs(base, ids)
+                probs = torch.exp(row)
+                token = int(torch.argmax(row))
+                score = rule_score(rule, float(probs[token]), probs)
+                if token not in base.eos:
+                    margin = min(margin, abs(score - gamma))
+                if token not in base.eos and score >= gamma:
+                    events.append("confident")
+                    piece = base.piece(ids, token, start)
+                    ids = ids + [token]
+                    answer += piece
+                    spans.append((piece, "base"))
+                    if full():
+                        return finish("length")
+                    continue
+                events.append("base_eos" if token in base.eos else "unsure")
+                nids = nudger.tokens(nudger_prompt + answer)
+                nrow = _logprobs(nudger, nids)
+                ntoken = int(torch.argmax(nrow))
+                base_strings = _top_strings(base, ids, start, row, k)
+                nudger_strings = _top_strings(nudger, nids, len(nids), nrow, k)
+                candidates = list(base_strings) + [s for s in nudger_strings if s not in base_strings]
+                scores = {s: (1 - alpha) * base_strings.get(s, 0.0) + alpha * nudger_strings.get(s, 0.0)
+                          for s in candidates}
+                if token in base.eos or ntoken in nudger.eos:
+                    base_end = float(probs[token]) if token in base.eos else 0.0
+                    nudger_end = float(torch.exp(nrow[ntoken])) if ntoken in nudger.eos else 0.0
+                    scores[END] = (1 - alpha) * base_end + alpha * nudger_end
+                if not scores:
+                    events.append("no_candidates")
+                    return finish("eos")
+                ranked = sorted(scores.values(), reverse=True)
+                if len(ranked) > 1:
+                    margin = min(margin, ranked[0] - ranked[1])
+                best = next(s for s in scores if scores[s] == ranked[0])  # ties: the earliest candidate
+                if best is END:
+                    events.append("end_won" if token in base.eos else "end_won_by_the_nudger")
+                    return finish("eos")
+                base_piece = None if token in base.eos else base.piece(ids, token, start)
+                events.append("base_string_won" if best == base_piece else "other_string_won")
+                answer += best
+                spans.append((best, "base" if best == base_piece else "nudger"))
+                if full():
+                    return finish("length")
+                break
+    except ContextFull:
+        events.append("context_full")
+        return finish("length")

@@ -76,7 +76,7 @@ def test_batched_methods_equal_one_at_a_time(tokenizers):
     questions = ["The cat reads the question", "Every student counts two numbers:", "Zoë finds the answer",
                  "A robot writes a long letter"]
     variants = ["nudging-entropy", "nudging-margin", "nudging-agreement", "nudging-window", "nudging-capped"]
-    for engine, modes in ((cross, ["base", "nudger", "ensemble-text", "in-context"] + variants),
+    for engine, modes in ((cross, ["base", "nudger", "ensemble-text", "in-context", "blend"] + variants),
                           (shared, ["proxy-tuning", "ensemble"])):
         for mode in modes:
             alone = [_outcome(engine.generate(q, mode=mode, max_new_tokens=24)) for q in questions]

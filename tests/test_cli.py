@@ -130,7 +130,7 @@ def test_bench_json(capsys, tiny_folders, tmp_path):
     assert report["prompts"] == 2 and report["base_only"]["answer_tokens"] > 0
     # every method these models can run, timed in the same run; the shared-vocabulary ones say why they did not
     variants = {"nudging-entropy", "nudging-margin", "nudging-agreement", "nudging-window", "nudging-capped"}
-    assert set(report["methods"]) == {"nudging", "base", "nudger", "ensemble-text", "in-context"} | variants
+    assert set(report["methods"]) == {"nudging", "base", "nudger", "ensemble-text", "in-context", "blend"} | variants
     assert set(report["skipped"]) == {"proxy-tuning", "ensemble"} and "vocabulary" in report["skipped"]["ensemble"]
     nudging = report["methods"]["nudging"]
     assert nudging["time_ratio_vs_base"] > 0 and nudging["time_ratio_vs_nudging"] == 1.0
@@ -191,7 +191,7 @@ def test_bench_times_the_shared_vocabulary_baselines(capsys, tiny_folders, tmp_p
                           "--method", "all")
     assert list(report["methods"]) == ["nudging", "base", "nudger", "nudging-entropy", "nudging-margin",
                                        "nudging-agreement", "nudging-window", "nudging-capped", "proxy-tuning",
-                                       "ensemble", "ensemble-text", "in-context"] and report["skipped"] == {}
+                                       "ensemble", "ensemble-text", "in-context", "blend"] and report["skipped"] == {}
     proxy = report["methods"]["proxy-tuning"]["work_per_answer_token"]
     assert set(proxy) == {"base", "nudger", "anti_expert"}  # one pass per model and token
     assert all(abs(work["forward_passes"] - 1.0) < 0.5 for work in proxy.values())

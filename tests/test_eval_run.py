@@ -269,7 +269,7 @@ def test_method_all_runs_every_method_the_models_can_and_says_why_not_the_others
                               "--max-new-tokens", "8", "--out", str(tmp_path))
     assert code == 0
     methods = {"base", "nudger", "nudging", "ensemble-text", "in-context", "nudging-entropy", "nudging-margin",
-               "nudging-agreement", "nudging-window", "nudging-capped"}
+               "nudging-agreement", "nudging-window", "nudging-capped", "blend"}
     assert set(result_files(tmp_path)) == {f"coin_flip/{m}" for m in methods}
     assert "skipping proxy-tuning" in err and "skipping ensemble," in err
     table = (tmp_path / "summary.md").read_text()

@@ -18,6 +18,7 @@ from nudging.evals import report, runner, store
 from nudging.evals.judge import Judge
 from nudging.evals.progress import progress_bars
 from nudging.loading import AUTO, ModelSpecs, SharedBase
+from nudging.methods import reads_gamma
 from nudging.names import short_names
 
 DEFAULT_METHODS = ["base", "nudger", "nudging"]
@@ -87,7 +88,7 @@ def _run_with_progress(planned: Plan, gamma_auto: bool, console) -> None:
     with progress_bars(console) as (show, warn):
         for one, request in planned:
             loaded = None
-            if gamma_auto and "nudging" in request.methods:  # the gamma stored for this pair, or one calibrated now
+            if gamma_auto and reads_gamma(request.methods):  # the gamma stored for this pair, or one calibrated now
                 loaded = load_nudger(one, request.max_new_tokens, methods=request.methods, shared=shared)
                 request.gamma = loaded.config.gamma
             runner.run(request, on_progress=show, warn=warn, loaded=loaded, shared=shared)

@@ -15,7 +15,7 @@ from nudging.evals.tasks import TASK_NAMES
 from nudging.methods import METHODS
 from nudging.names import short_names
 
-METHOD_ORDER = ("base", "in-context", "nudger", "proxy-tuning", "ensemble", "ensemble-text", "nudging",
+METHOD_ORDER = ("base", "in-context", "nudger", "proxy-tuning", "ensemble", "ensemble-text", "blend", "nudging",
                 "nudging-entropy", "nudging-margin", "nudging-agreement", "nudging-window", "nudging-capped")
 Z95 = 1.959964
 

@@ -50,8 +50,8 @@ class RunSettings:
     version: int = RESULT_VERSION
     base_protocol: str | None = None  # "chunked" only: the one remote protocol whose answers can differ
     anti_expert: str | None = None  # proxy tuning
-    alpha: float | None = None  # proxy tuning
-    top_k: int | None = None  # ensemble-text
+    alpha: float | None = None  # proxy tuning, blend
+    top_k: int | None = None  # ensemble-text, blend
     quantize: str | None = None  # local models in 8 or 4 bits: other answers than in dtype
     rule: str | None = None  # nudging with another rule or the cap: e.g. "window w=4", "top1 cap=0.2" (None: top1)
 
@@ -101,17 +101,17 @@ class EvalRequest:
             task=task, method=method,
             base=spec.models.base if uses_base else None,
             nudger=spec.models.nudger if uses_nudger(method) else None,
-            gamma=spec.config.gamma if nudging else None,
+            gamma=spec.config.gamma if METHODS[method].reads_gamma else None,
             lookahead=spec.config.lookahead if nudging else None,
             max_new_tokens=spec.config.max_new_tokens, seed=self.seed, dtype=spec.local.dtype,
             data=self.data.get(task),
             base_protocol="chunked" if uses_base and is_remote(spec.models.base)
             and spec.remote.remote_protocol == "chunked" else None,
             anti_expert=spec.models.anti_expert if method == "proxy-tuning" else None,
-            alpha=float(spec.baselines.alpha) if method == "proxy-tuning" else None,
-            top_k=spec.baselines.top_k if method == "ensemble-text" else None,
+            alpha=float(_alpha(spec, method)) if method in ("proxy-tuning", "blend") else None,
+            top_k=spec.baselines.top_k if method in ("ensemble-text", "blend") else None,
             quantize=spec.local.quantize,
-            rule=rule_setting(METHODS[method].config_for(spec.config)) if nudging else None,
+            rule=rule_setting(METHODS[method].config_for(spec.config)) if METHODS[method].reads_gamma else None,
         )
 
 
@@ -129,6 +129,10 @@ def rule_setting(config: NudgingConfig) -> str | None:
 
 def uses_nudger(method: str) -> bool:
     return "nudger" in METHODS[method].roles
+
+
+def _alpha(spec: LoadSpec, method: str) -> float:
+    return spec.baselines.blend_alpha() if method == "blend" else spec.baselines.proxy_tuning_alpha
 
 
 def expand_tasks(names: list[str]) -> list[str]:
@@ -212,10 +216,9 @@ def answer_row(task: Task, example: Example, method: str, nudger: Nudger, reques
     row: dict[str, Any] = {"id": example.id, "task": task.name, "kind": task.kind, "method": method,
                            "prompt": question, "options": list(example.options), "gold": example.gold}
     try:
-        nudging = METHODS[method].nudges
         result = nudger.generate(question, system=task.system, mode=method, max_new_tokens=request.max_new_tokens,
-                                 gamma=request.gamma if nudging else None,
-                                 lookahead=request.lookahead if nudging else None)
+                                 gamma=request.gamma if METHODS[method].reads_gamma else None,
+                                 lookahead=request.lookahead if METHODS[method].nudges else None)
     except PromptTooLongError as error:
         row.update(prediction="", error=str(error), stop_reason="prompt_too_long", ended_by_itself=False,
                    extracted=None, correct=False if task.kind != "open" else None)
