@@ -201,68 +201,47 @@ def reference_nudging(base: RefModel, nudger: RefModel, base_prompt, nudger_prom
             if rule == "window":
                 nudge, takeover, closest = _window_check(base, base_prompt + answer, c, window, gamma, events)
                 gamma_margin = min(gamma_margin, closest)
-                if len(nudges) >= 3 and all(prev == nudge for prev in nudges[-3:]):
-                    return finish("repetition")
-                nudges.append(nudge)
-                answer += nudge
-                spans.append((nudge, "nudger"))
-                if full():
-                    events.append("length_after_nudge")
-                    return finish("length")
-                if takeover is None:
-                    continue
-                ids, start, token = takeover
-                while token not in base.eos:
-                    piece = base.piece(ids, token, start)
-                    ids = ids + [token]
-                    answer += piece
-                    spans.append((piece, "base"))
-                    if full():
-                        events.append("window_length")
-                        return finish("length")
-                    token, _ = base.top1(ids)
-                events.append("window_eos")
-                return finish("eos")
-            lead = c[: len(c) - len(c.lstrip(" "))]
-            words = c.lstrip(" ").split(" ")
-            if not c:
-                events.append("lookahead_empty")
-            elif not c.strip(" "):
-                events.append("lookahead_only_spaces")
-            elif len(words) == 1:
-                events.append("lookahead_one_word")
-            if lead and c.strip(" "):
-                events.append("lookahead_leading_spaces")
-            nudge, takeover = None, None
-            for i in range(1, len(words)):
-                if not words[i]:
-                    events.append("empty_word_skipped")
-                    continue
-                ids = base.tokens(base_prompt + answer + lead + " ".join(words[:i]))
-                token, p = base.top1(ids)
-                score = rule_score(rule, p, base.probs if rule != "top1" else None)
-                if token not in base.eos:
-                    gamma_margin = min(gamma_margin, abs(score - gamma))
-                if token in base.eos:
-                    events.append("takeover_by_eos")
-                elif score >= gamma:
-                    events.append("takeover_confident")
-                elif (" " + words[i]).startswith(piece := base.piece(ids, token, len(ids))):
-                    events.append("takeover_agrees")
-                    if not piece:
-                        events.append("empty_piece_agrees")
-                elif rule == "agreement" and not any(
-                        (" " + words[i]).startswith(s)
-                        for s in _top_strings(base, ids, len(ids), base.probs, agreement_k)):
-                    events.append("takeover_filtered")
-                else:
-                    events.append("word_accepted")
-                    continue
-                nudge, takeover = lead + " ".join(words[:i]), (ids, len(ids), token)
-                break
-            if nudge is None:
-                events.append("no_takeover")
-                nudge = lead + " ".join(words[: len(words) - 1]) if len(words) >= 2 else c
+            else:
+                lead = c[: len(c) - len(c.lstrip(" "))]
+                words = c.lstrip(" ").split(" ")
+                if not c:
+                    events.append("lookahead_empty")
+                elif not c.strip(" "):
+                    events.append("lookahead_only_spaces")
+                elif len(words) == 1:
+                    events.append("lookahead_one_word")
+                if lead and c.strip(" "):
+                    events.append("lookahead_leading_spaces")
+                nudge, takeover = None, None
+                for i in range(1, len(words)):
+                    if not words[i]:
+                        events.append("empty_word_skipped")
+                        continue
+                    ids = base.tokens(base_prompt + answer + lead + " ".join(words[:i]))
+                    token, p = base.top1(ids)
+                    score = rule_score(rule, p, base.probs if rule != "top1" else None)
+                    if token not in base.eos:
+                        gamma_margin = min(gamma_margin, abs(score - gamma))
+                    if token in base.eos:
+                        events.append("takeover_by_eos")
+                    elif score >= gamma:
+                        events.append("takeover_confident")
+                    elif (" " + words[i]).startswith(piece := base.piece(ids, token, len(ids))):
+                        events.append("takeover_agrees")
+                        if not piece:
+                            events.append("empty_piece_agrees")
+                    elif rule == "agreement" and not any(
+                            (" " + words[i]).startswith(s)
+                            for s in _top_strings(base, ids, len(ids), base.probs, agreement_k)):
+                        events.append("takeover_filtered")
+                    else:
+                        events.append("word_accepted")
+                        continue
+                    nudge, takeover = lead + " ".join(words[:i]), (ids, len(ids), token)
+                    break
+                if nudge is None:
+                    events.append("no_takeover")
+                    nudge = lead + " ".join(words[: len(words) - 1]) if len(words) >= 2 else c
             if len(nudges) >= 3 and all(prev == nudge for prev in nudges[-3:]):
                 return finish("repetition")
             nudges.append(nudge)
@@ -283,20 +262,25 @@ def reference_nudging(base: RefModel, nudger: RefModel, base_prompt, nudger_prom
                 answer += piece
                 spans.append((piece, "base"))
                 if full():
-                    events.append("length_in_base_stage")
+                    events.append("window_length" if rule == "window" else "length_in_base_stage")
                     return finish("length")
                 if read == chunk:
                     retokenized = base.tokens(base_prompt + answer)
                     events.append("chunk_retokenized" if retokenized != ids else "chunk")
                     ids, start, read = retokenized, len(retokenized), 0
                 token, p = base.top1(ids)
+                read += 1
+                if rule == "window":
+                    continue  # after the window's switch the base writes to its EOS (NUDGING_SPEC.md)
                 score = rule_score(rule, p, base.probs if rule != "top1" else None)
                 gamma_margin = min(gamma_margin, abs(score - gamma))
-                read += 1
                 if score < gamma:
                     events.append("base_stage_unsure")
                     break
             else:
+                if rule == "window":
+                    events.append("window_eos")
+                    return finish("eos")
                 events.append("base_stage_eos")
     except ContextFull as full_context:
         events.append("context_full")

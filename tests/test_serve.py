@@ -76,25 +76,17 @@ def test_chat_matches_the_python_api(client, local):
     assert response.usage.prompt_tokens == len(local.base.tokenize(prompts.base_prompt_for(messages)))
 
 
-def test_a_request_brings_its_own_rule_and_cap(client, local):
-    settings = {"rule": "margin", "gamma": 0.5, "max_nudged_fraction": 0.2}
+@pytest.mark.parametrize("settings, other", [
+    ({"rule": "margin", "gamma": 0.5, "max_nudged_fraction": 0.2}, {}),  # other: the server's own settings
+    ({"rule": "window", "gamma": 0.5, "window": 2}, {"rule": "window", "gamma": 0.5, "window": 1}),
+])
+def test_a_request_brings_its_own_rule_and_cap(client, local, settings, other):
     response = client.completions.create(model="nudging", prompt="The dog sees", max_tokens=30, extra_body=settings)
     expected = local.generate(base_prompt="The dog sees", nudger_prompt="The dog sees", max_new_tokens=30, **settings)
     assert response.choices[0].text == expected.text
     assert response.model_extra["nudging"]["stop_reason"] == expected.stop_reason
-    default = local.generate(base_prompt="The dog sees", nudger_prompt="The dog sees", max_new_tokens=30)
-    assert default.text != expected.text  # the settings were used, not the server's
-
-
-def test_a_request_brings_the_window_rule(client, local):
-    settings = {"rule": "window", "gamma": 0.5, "window": 2}
-    response = client.completions.create(model="nudging", prompt="The dog sees", max_tokens=30, extra_body=settings)
-    expected = local.generate(base_prompt="The dog sees", nudger_prompt="The dog sees", max_new_tokens=30, **settings)
-    assert response.choices[0].text == expected.text
-    assert response.model_extra["nudging"]["stop_reason"] == expected.stop_reason
-    other = local.generate(base_prompt="The dog sees", nudger_prompt="The dog sees", max_new_tokens=30,
-                           **{**settings, "window": 1})
-    assert other.text != expected.text  # the window was used, not the server's
+    different = local.generate(base_prompt="The dog sees", nudger_prompt="The dog sees", max_new_tokens=30, **other)
+    assert different.text != expected.text  # the request's settings were used
 
 
 def test_completion_and_base_only(client, local):
