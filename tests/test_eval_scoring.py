@@ -104,6 +104,15 @@ def test_extract_choice_ignores_letters_beyond_the_options():
         ("It was tails up, then heads up again.", None),
         ("I do not know", None),
         ("", None),
+        # a condition states no answer; what is stated beside it still counts
+        ("To determine if the sentence is plausible, we analyze it.", None),
+        ("To determine whether the coin is still heads up, we count the flips.", None),
+        ("The sentence is plausible if it is true for all of the following", None),
+        ("It is plausible only if he plays.", None),
+        ("Yes, if you count the last flip.", None),
+        ("To determine if it is plausible, we look. It is not plausible.", "no"),
+        ("If the coin is flipped twice, it is heads up again. So the coin is still heads up.", "yes"),
+        ("The sentence is plausible because it is true.", "yes"),
     ],
 )
 def test_extract_yes_no(output, expected):

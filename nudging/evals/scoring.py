@@ -226,8 +226,13 @@ def _stated_polar(text: str) -> list[str]:
     return [_POLAR[w] for w in re.findall(ANSWER_IS + r"\W{0,3}(" + _POLAR_PATTERN + r")\b", text.lower())]
 
 
+# A condition states no answer: "plausible if it is true ...", "whether it is plausible" (to the sentence's end).
+_CONDITIONAL = re.compile(r"(?:(?<!\w)(?:" + _POLAR_PATTERN + r"),?\s+)?(?<!\w)(?:only\s+)?(?:if|unless|when|whether|"
+                          r"provided)(?!\w)[^.!?\n]*")
+
+
 def _polar(text: str) -> str | None:
-    text = text.lower()
+    text = _CONDITIONAL.sub(" ", text.lower())
     opening = re.match(r"\W*(" + _POLAR_PATTERN + r")\b", text)
     if opening:
         return _POLAR[opening.group(1)]
