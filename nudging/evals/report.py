@@ -292,7 +292,8 @@ def chart(summaries: list[Summary], path: Path) -> None:
             heights.append(100 * summary.accuracy)
             errors[0].append(100 * (summary.accuracy - summary.ci_low))
             errors[1].append(100 * (summary.ci_high - summary.accuracy))
-        top.bar(xs, heights, width, yerr=errors, capsize=2, label=method, color=f"C{index}",
+        color = f"C{index}" if len(methods) <= 10 else plt.get_cmap("tab20")(index % 20)  # one color per method
+        top.bar(xs, heights, width, yerr=errors, capsize=2, label=method, color=color,
                 error_kw={"linewidth": 0.8})
         xs, heights = [], []
         for position, task in enumerate(tasks):
@@ -300,7 +301,7 @@ def chart(summaries: list[Summary], path: Path) -> None:
             if summary is not None and summary.items:
                 xs.append(position + offset)
                 heights.append(100 * summary.ended_by_itself / summary.items)
-        bottom.bar(xs, heights, width, label=method, color=f"C{index}")
+        bottom.bar(xs, heights, width, label=method, color=color)
     top.set_xticks(range(len(scored)), scored, rotation=30, ha="right")
     top.set_ylabel("accuracy (%)")
     top.set_title("Accuracy per task (error bars: 95% Wilson interval)")
@@ -317,14 +318,15 @@ def chart(summaries: list[Summary], path: Path) -> None:
 
 
 def _legend(axes, figure, count: int) -> None:
-    """The legend in one row where it fits the figure's width, else in as few rows as fit (long labels: several
-    nudgers, gammas)."""
+    """The legend in one row where it fits the figure's width, else in one column beside the panels (long labels:
+    several nudgers, gammas; many methods), where it covers no bar."""
     renderer = figure.canvas.get_renderer()
-    for columns in range(count, 0, -1):
-        legend = axes.legend(frameon=False, ncols=columns, loc="upper right")
-        if columns == 1 or legend.get_window_extent(renderer).width <= figure.bbox.width:
-            return
-        legend.remove()
+    legend = axes.legend(frameon=False, ncols=count, loc="upper right")
+    if legend.get_window_extent(renderer).width <= figure.bbox.width:
+        return
+    legend.remove()
+    legend = axes.legend(frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    figure.set_figwidth(figure.get_figwidth() + legend.get_window_extent(renderer).width / figure.dpi)
 
 
 def build(folder: Path, warn: results.Warn | None = None) -> tuple[list[Summary], dict[str, Path]]:
