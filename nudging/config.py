@@ -19,6 +19,12 @@ CAPPED_FRACTION = 0.2  # the method nudging-capped: the nudger's share of words 
 MAX_TOP_K = 20  # the most top logprobs vLLM returns by default (--max-logprobs)
 
 
+def check_whole_number(name: str, value: object, low: int, high: int) -> None:
+    """`value` is an integer (not a bool) from low to high, else one clear error naming `name`."""
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise InvalidArgumentError(f"{name} must be an integer from {low} to {high}, got {value!r}")
+
+
 @dataclass(frozen=True)
 class NudgingConfig:
     """The algorithm's knobs (NUDGING_SPEC.md, "Inputs")."""
@@ -34,10 +40,8 @@ class NudgingConfig:
     def __post_init__(self) -> None:
         if self.rule not in RULES:
             raise InvalidArgumentError(f"rule must be one of {', '.join(RULES)}, got {self.rule!r}")
-        if isinstance(self.agreement_k, bool) or not isinstance(self.agreement_k, int) or not 1 <= self.agreement_k <= MAX_TOP_K:
-            raise InvalidArgumentError(f"agreement_k must be an integer from 1 to {MAX_TOP_K}, got {self.agreement_k!r}")
-        if isinstance(self.window, bool) or not isinstance(self.window, int) or not 1 <= self.window <= MAX_LOOKAHEAD:
-            raise InvalidArgumentError(f"window must be an integer from 1 to {MAX_LOOKAHEAD}, got {self.window!r}")
+        check_whole_number("agreement_k", self.agreement_k, 1, MAX_TOP_K)
+        check_whole_number("window", self.window, 1, MAX_LOOKAHEAD)
         fraction = self.max_nudged_fraction
         if fraction is not None and (isinstance(fraction, bool) or not isinstance(fraction, (int, float))
                                      or not 0 <= fraction <= 1):
@@ -118,8 +122,7 @@ class BaselineConfig:
         if alpha is not None and (isinstance(alpha, bool) or not isinstance(alpha, (int, float))
                                   or not math.isfinite(alpha)):
             raise InvalidArgumentError(f"alpha (--alpha) must be a finite number, got {alpha!r}")
-        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or not 1 <= self.top_k <= MAX_TOP_K:
-            raise InvalidArgumentError(f"top_k must be an integer from 1 to {MAX_TOP_K}, got {self.top_k!r}")
+        check_whole_number("top_k", self.top_k, 1, MAX_TOP_K)
 
     @property
     def proxy_tuning_alpha(self) -> float:
