@@ -47,12 +47,16 @@ class Method:
     logprobs: tuple[Role, ...] = ()  # roles whose probabilities it reads (a remote server must return logprobs)
     local_only: str | None = None  # why it cannot run on a server's model, if it cannot
     base_prompt: Callable[[str, str | None], str] | None = None  # (question, system) -> base prompt, if not the plain one
-    whole_distribution: bool = False  # reads the base's whole next-token distribution: a local base
     reads_gamma: bool = False  # compares the rule's score with gamma (so gamma "auto" is resolved for it)
     check_settings: Callable[[NudgingConfig, BaselineConfig], None] | None = None  # raises on settings it cannot use
     nudges: bool = False  # runs the nudging engine (gamma, lookahead and the rule settings apply)
     rule: str | None = None  # a nudging variant's acceptance rule (None: the run's --rule)
     capped: bool = False  # a nudging variant with the intervention cap (--max-nudged-fraction, else CAPPED_FRACTION)
+
+    @property
+    def whole_distribution(self) -> bool:
+        """Whether its rule reads the base's whole next-token distribution (so it needs a local base)."""
+        return self.rule is not None and rules.Rule(self.rule).needs_distribution
 
     def config_for(self, config: NudgingConfig) -> NudgingConfig:
         """The settings this method runs with, from the run's: a variant's own rule, and its cap."""
@@ -76,6 +80,12 @@ def _nudging(call: Call) -> Iterator[Span]:
     rules.check_base(call.config, m["base"])
     guesses.offer_nudger_guesses(m["base"], m["nudger"], p["base"], p["nudger"])
     return engine.nudge(m["base"], m["nudger"], p["base"], p["nudger"], call.config, call.state)
+
+
+def _nudging_method(name: str, summary: str, rule: str | None = None, capped: bool = False) -> Method:
+    """Nudging, or a variant of it with its own acceptance rule or the intervention cap."""
+    return Method(name, summary, ("base", "nudger"), _nudging, logprobs=("base",), nudges=True, reads_gamma=True,
+                  rule=rule, capped=capped)
 
 
 def _alone(role: Role) -> Callable[[Call], Iterator[Span]]:
@@ -117,25 +127,19 @@ def _in_context(call: Call) -> Iterator[Span]:
 METHODS: dict[str, Method] = {
     method.name: method
     for method in (
-        Method("nudging", "the base writes; the nudger writes the words where the base is unsure",
-               ("base", "nudger"), _nudging, logprobs=("base",), nudges=True, reads_gamma=True),
+        _nudging_method("nudging", "the base writes; the nudger writes the words where the base is unsure"),
         Method("base", "the base alone, greedy", ("base",), _alone("base")),
         Method("nudger", "the nudger alone, greedy", ("nudger",), _alone("nudger")),
-        Method("nudging-entropy", "nudging where the base's exp(-entropy) decides instead of its top-1 probability",
-               ("base", "nudger"), _nudging, logprobs=("base",), whole_distribution=True, nudges=True, reads_gamma=True,
-               rule="entropy"),
-        Method("nudging-margin", "nudging where the base's top-1 minus top-2 probability decides",
-               ("base", "nudger"), _nudging, logprobs=("base",), whole_distribution=True, nudges=True, reads_gamma=True,
-               rule="margin"),
-        Method("nudging-agreement", "nudging where the nudger writes only words that start with one of the base's "
-               "top-k strings (BlendIn's filter)", ("base", "nudger"), _nudging, logprobs=("base",), nudges=True, reads_gamma=True,
-               rule="agreement"),
-        Method("nudging-window", "the nudger writes until the base's mean top-1 over a window of its text reaches "
-               "gamma; then the base writes the rest (weak-to-strong decoding)", ("base", "nudger"),
-               _nudging, logprobs=("base",), nudges=True, reads_gamma=True, rule="window"),
-        Method("nudging-capped", f"nudging until the nudger wrote more than --max-nudged-fraction (default "
-               f"{CAPPED_FRACTION:g}) of the words; then the base writes the rest", ("base", "nudger"),
-               _nudging, logprobs=("base",), nudges=True, reads_gamma=True, capped=True),
+        _nudging_method("nudging-entropy", "nudging where the base's exp(-entropy) decides instead of its top-1 "
+                        "probability", rule="entropy"),
+        _nudging_method("nudging-margin", "nudging where the base's top-1 minus top-2 probability decides",
+                        rule="margin"),
+        _nudging_method("nudging-agreement", "nudging where the nudger writes only words that start with one of the "
+                        "base's top-k strings (BlendIn's filter)", rule="agreement"),
+        _nudging_method("nudging-window", "the nudger writes until the base's mean top-1 over a window of its text "
+                        "reaches gamma; then the base writes the rest (weak-to-strong decoding)", rule="window"),
+        _nudging_method("nudging-capped", f"nudging until the nudger wrote more than --max-nudged-fraction (default "
+                        f"{CAPPED_FRACTION:g}) of the words; then the base writes the rest", capped=True),
         Method("proxy-tuning", "base + alpha * (expert - anti-expert) logits, token by token (Liu et al. 2024)",
                ("base", "nudger", "anti_expert"), _fused(lambda b: proxy_tuning(b.proxy_tuning_alpha), ROLES),
                shared_vocabulary=True),
