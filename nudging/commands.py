@@ -179,9 +179,7 @@ def load_nudger(args: argparse.Namespace, max_new_tokens: int | None = None, mod
     notice = announce_auto_gamma(spec)
     if notice:
         print(f"nudging: --gamma auto: {notice}", file=sys.stderr)
-    nudger = Nudger.from_pretrained(spec=spec, reuse=shared.offer(spec) if shared else None)
-    if shared is not None:
-        shared.keep(spec, nudger.base)
+    nudger = Nudger.from_pretrained(spec=spec, shared=shared)
     if nudger.gamma_note:
         print(f"nudging: --gamma auto: {nudger.gamma_note}", file=sys.stderr)
     return nudger

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Literal, Mapping, Sequence
+from typing import Any, Literal, Sequence
 
 from nudging import models
 from nudging.backends.interface import Model
@@ -127,12 +127,12 @@ class LoadSpec:
         return self.base_sampling if role == "base" else self.nudger_sampling
 
 
-def load_models(spec: LoadSpec, reuse: Mapping[str, Model] | None = None) -> dict[str, Model | None]:
+def load_models(spec: LoadSpec, shared: SharedBase | None = None) -> dict[str, Model | None]:
     """The models the spec's methods use, by role (None for the others). Every local spec is resolved, and each
     method checked to fit these models (comparing vocabularies where a method needs one), before any weights
-    load, so a bad spec or a method that cannot run fails fast. `reuse`: models already loaded for this spec,
-    by role (see SharedBase), taken as they are."""
-    reuse = reuse or {}
+    load, so a bad spec or a method that cannot run fails fast. `shared`: a base kept from an earlier pair, used
+    where it fits this spec; this pair's base is kept there in turn."""
+    reuse = shared.offer(spec) if shared is not None else {}
     wanted = roles_for(list(spec.methods))
     present = {role for role in wanted if spec.models.of(role) and role not in reuse}  # `fitting` names a missing one
     sources = {role: models.resolve(spec.models.of(role)) for role in present if not is_remote(spec.models.of(role))}
@@ -153,6 +153,8 @@ def load_models(spec: LoadSpec, reuse: Mapping[str, Model] | None = None) -> dic
         else:
             model, tokenizer = spec.local.load(sources[role])
             loaded[role] = LocalModel(model, tokenizer, name=role, sampling=spec.sampling(role))
+    if shared is not None:
+        shared.keep(spec, loaded["base"])
     return loaded
 
 
@@ -166,7 +168,7 @@ class SharedBase:
         self._model: Model | None = None
 
     def offer(self, spec: LoadSpec) -> dict[str, Model]:
-        """What `load_models(spec, reuse=...)` may take instead of loading: the kept base, where it fits `spec`."""
+        """What load_models may take instead of loading: the kept base, where it fits `spec`."""
         if self._model is None or self._spec is None or not _same_base(self._spec, spec):
             return {}
         return {"base": self._model}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from contextlib import nullcontext
-from typing import Any, Callable, Iterator, Literal, Mapping, Sequence
+from typing import Any, Callable, Iterator, Literal, Sequence
 
 from nudging import loading, prompts
 from nudging.backends.batch import Batch, make_lanes
@@ -47,7 +47,7 @@ class Nudger:
 
     @classmethod
     def from_pretrained(cls, base: str | None = None, nudger: str | None = None, *, spec: loading.LoadSpec | None = None,
-                        reuse: Mapping[str, Model] | None = None, **options: Any) -> "Nudger":
+                        shared: loading.SharedBase | None = None, **options: Any) -> "Nudger":
         """Load the models from specs (default: the demo pair): a hub id, a local folder, a .gguf file,
         `demo-base`/`demo-nudger`, or a model on an OpenAI-compatible server, `openai:MODEL@http://HOST:PORT/v1`.
 
@@ -56,9 +56,9 @@ class Nudger:
         base_sampling, nudger_sampling, mode or methods (only their models load), anti_expert, alpha, top_k, api_key,
         base_tokenizer, nudger_tokenizer, remote_protocol, client_settings, calibration), or a whole `spec`.
         `gamma="auto"`: the gamma `nudging calibrate` stored for this pair, else one calibrated now (and stored;
-        `gamma_note` says which). `reuse`: models already loaded, by role (loading.SharedBase), taken as they are."""
+        `gamma_note` says which). `shared`: a base kept from an earlier pair, used where it fits (loading.SharedBase)."""
         spec = spec or loading.LoadSpec.build(base, nudger, **options)
-        models = loading.load_models(spec, reuse)
+        models = loading.load_models(spec, shared)
         pair = cls(models["base"], models["nudger"], spec.config, spec.system, anti_expert=models["anti_expert"],
                    baselines=spec.baselines)
         for method in spec.methods:

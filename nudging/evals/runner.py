@@ -172,12 +172,7 @@ class LazyNudger:
 
     @cached_property
     def pool(self) -> LanePool[Nudger]:
-        nudger = self._loaded
-        if nudger is None:
-            spec = self.request.load_spec()
-            nudger = Nudger.from_pretrained(spec=spec, reuse=self._shared.offer(spec) if self._shared else None)
-            if self._shared is not None:
-                self._shared.keep(spec, nudger.base)
+        nudger = self._loaded or Nudger.from_pretrained(spec=self.request.load_spec(), shared=self._shared)
         return LanePool(nudger, self.request.concurrency)
 
     def answers(self, task: Task, examples: list[Example], method: str) -> Iterator[dict[str, Any]]:
