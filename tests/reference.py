@@ -143,6 +143,11 @@ def rule_score(rule: str, p: float, probs: torch.Tensor | None) -> float:
     return p  # top1 and agreement
 
 
+def budget_reached(base: RefModel, answer: str, budget: int) -> bool:
+    """NUDGING_SPEC.md step 6: the answer has `budget` base tokens (no special tokens) or more."""
+    return len(base.tokenizer(answer, add_special_tokens=False)["input_ids"]) >= budget
+
+
 def nudged_word_share(spans) -> float:
     """Words are runs of non-space characters; a word is the nudger's if the nudger wrote its first character."""
     text = "".join(t for t, _ in spans)
@@ -170,9 +175,6 @@ def reference_nudging(base: RefModel, nudger: RefModel, base_prompt, nudger_prom
         margin = min(gamma_margin, base.closest, nudger.closest)
         return RefResult(answer, _merge(spans), reason, events, margin)
 
-    def full():
-        return len(base.tokenizer(answer, add_special_tokens=False)["input_ids"]) >= budget
-
     try:
         while True:
             events.append("round")
@@ -189,7 +191,7 @@ def reference_nudging(base: RefModel, nudger: RefModel, base_prompt, nudger_prom
                     ids = ids + [token]
                     answer += piece
                     spans.append((piece, "base"))
-                    if full():
+                    if budget_reached(base, answer, budget):
                         events.append("capped_length")
                         return finish("length")
             c, eos = nudger.greedy(nudger_prompt + answer, lookahead, events)
@@ -247,7 +249,7 @@ def reference_nudging(base: RefModel, nudger: RefModel, base_prompt, nudger_prom
             nudges.append(nudge)
             answer += nudge
             spans.append((nudge, "nudger"))
-            if full():
+            if budget_reached(base, answer, budget):
                 events.append("length_after_nudge")
                 return finish("length")
             if takeover is None:
@@ -261,7 +263,7 @@ def reference_nudging(base: RefModel, nudger: RefModel, base_prompt, nudger_prom
                 ids = ids + [token]
                 answer += piece
                 spans.append((piece, "base"))
-                if full():
+                if budget_reached(base, answer, budget):
                     events.append("window_length" if rule == "window" else "length_in_base_stage")
                     return finish("length")
                 if read == chunk:
@@ -386,9 +388,6 @@ def _top_strings(model: RefModel, ids: list[int], start: int, row: torch.Tensor,
 def reference_text_ensemble(base: RefModel, nudger: RefModel, base_prompt, nudger_prompt, k, budget):
     answer, spans, events = "", [], []
 
-    def full():
-        return len(base.tokenizer(answer, add_special_tokens=False)["input_ids"]) >= budget
-
     try:
         while True:
             bids, nids = base.tokens(base_prompt + answer), nudger.tokens(nudger_prompt + answer)
@@ -406,7 +405,7 @@ def reference_text_ensemble(base: RefModel, nudger: RefModel, base_prompt, nudge
                     bids, nids = bids + [bt], nids + [nt]
                     answer += bpiece
                     spans.append((bpiece, "base"))
-                    if full():
+                    if budget_reached(base, answer, budget):
                         return RefResult(answer, _merge(spans), "length", events)
                     continue
                 if bt in base.eos:
@@ -425,7 +424,7 @@ def reference_text_ensemble(base: RefModel, nudger: RefModel, base_prompt, nudge
                     return RefResult(answer, _merge(spans), "eos", events)
                 answer += text
                 spans.append((text, "base" if text == bpiece and bt not in base.eos else "nudger"))
-                if full():
+                if budget_reached(base, answer, budget):
                     return RefResult(answer, _merge(spans), "length", events)
                 break
     except ContextFull:
@@ -446,9 +445,6 @@ def reference_blend(base: RefModel, nudger: RefModel, base_prompt, nudger_prompt
     def finish(reason):
         return RefResult(answer, _merge(spans), reason, events, margin)
 
-    def full():
-        return len(base.tokenizer(answer, add_special_tokens=False)["input_ids"]) >= budget
-
     try:
         while True:
             events.append("round")
@@ -467,7 +463,7 @@ def reference_blend(base: RefModel, nudger: RefModel, base_prompt, nudger_prompt
                     ids = ids + [token]
                     answer += piece
                     spans.append((piece, "base"))
-                    if full():
+                    if budget_reached(base, answer, budget):
                         return finish("length")
                     continue
                 events.append("base_eos" if token in base.eos else "unsure")
@@ -497,7 +493,7 @@ def reference_blend(base: RefModel, nudger: RefModel, base_prompt, nudger_prompt
                 events.append("base_string_won" if best == base_piece else "other_string_won")
                 answer += best
                 spans.append((best, "base" if best == base_piece else "nudger"))
-                if full():
+                if budget_reached(base, answer, budget):
                     return finish("length")
                 break
     except ContextFull:

@@ -219,10 +219,8 @@ def _grid(args: argparse.Namespace, nudger, gammas: list[float], prefer: float, 
 
 def _choice(pair, calibration: analysis.Calibration, grid: GridResult | None, described: str,
             rule: str) -> saved.SavedGamma:
-    if grid is not None:
-        return saved.SavedGamma(grid.gamma, "accuracy", grid.interval, described, pair.base, pair.nudger, rule=rule)
-    return saved.SavedGamma(calibration.gamma, "separation", calibration.interval, described, pair.base, pair.nudger,
-                            rule=rule)
+    chosen, method = (grid, "accuracy") if grid is not None else (calibration, "separation")
+    return saved.SavedGamma(chosen.gamma, method, chosen.interval, described, pair.base, pair.nudger, rule=rule)
 
 
 def _percent(value: float | None) -> str:
