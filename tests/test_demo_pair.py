@@ -11,7 +11,7 @@ import pytest
 
 from nudging import LocalModel, Nudger, models, prompts
 from nudging.baselines.in_context import STOP, in_context_prompt
-from reference import RefModel, margins, reference_nudging, reference_text_ensemble
+from reference import RefModel, margins, reference_blend, reference_nudging, reference_text_ensemble
 
 pytestmark = pytest.mark.demo
 
@@ -54,6 +54,34 @@ def test_engine_matches_reference_on_demo_pair(pair, engine, question, gamma, lo
     assert got.text == expected.text
     assert [(span.text, span.source) for span in got.spans] == expected.spans
     assert got.stop_reason == expected.stop_reason
+
+
+@pytest.mark.parametrize("settings", [
+    {"rule": "entropy"}, {"rule": "margin", "max_nudged_fraction": 0.2}, {"rule": "agreement", "agreement_k": 5},
+    {"rule": "window", "window": 2, "gamma": 0.7},
+], ids=lambda settings: " ".join(f"{k}={v}" for k, v in settings.items()))
+def test_other_rules_match_reference_on_demo_pair(pair, engine, settings):
+    """The acceptance rules after the paper and the intervention cap (NUDGING_SPEC.md) on the real models."""
+    (base_model, base_tok), (nudger_model, nudger_tok) = pair
+    question = "Is a tomato a fruit or a vegetable? Answer with reasons."
+    settings = {"gamma": 0.4, **settings}
+    expected = reference_nudging(
+        RefModel(base_model, base_tok), RefModel(nudger_model, nudger_tok), prompts.base_prompt(question),
+        prompts.chat_prompt(nudger_tok, question), lookahead=6, budget=24, **settings)
+    got = engine.generate(question, lookahead=6, max_new_tokens=24, **settings)
+    assert (got.text, [(span.text, span.source) for span in got.spans], got.stop_reason) == (
+        expected.text, expected.spans, expected.stop_reason)
+
+
+def test_blend_matches_reference_on_demo_pair(pair, engine):
+    (base_model, base_tok), (nudger_model, nudger_tok) = pair
+    question = "What is 12 * 7?"
+    expected = reference_blend(RefModel(base_model, base_tok), RefModel(nudger_model, nudger_tok),
+                               prompts.base_prompt(question), prompts.chat_prompt(nudger_tok, question), gamma=0.4,
+                               alpha=engine.baselines.blend_alpha(), k=engine.baselines.top_k, budget=24)
+    got = engine.generate(question, mode="blend", gamma=0.4, max_new_tokens=24)
+    assert (got.text, [(span.text, span.source) for span in got.spans], got.stop_reason) == (
+        expected.text, expected.spans, expected.stop_reason)
 
 
 # --- float32, as users and the server run it -------------------------------------------------------------------
