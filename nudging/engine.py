@@ -8,10 +8,11 @@ round is recorded in `state.trace`.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from typing import Iterator, Literal
 
-from nudging.backends.interface import Choice, Model, Run
+from nudging.backends.interface import Choice, Lookahead, Model, Run
 from nudging.config import NudgingConfig
 from nudging.errors import ContextWindowFull
 from nudging.positions import answer_targets
@@ -42,23 +43,95 @@ class EngineState:
         return sum(round_.boundaries_checked for round_ in self.trace)
 
 
+SETTLE_ROUNDS = 16  # at most this many rounds wait for their lookaheads' rests; their spans are held back until then
+
+
+@dataclass
+class _HeldRound:
+    """A round whose lookahead was read only up to its nudge: what the state was before it, where its spans
+    start among the held ones, and the lookahead whose rest is still to be checked for the nudger's EOS."""
+
+    lookahead: Lookahead
+    answer: str
+    nudges: list[str]
+    rounds: int
+    words: WordCount
+    spans: int
+
+
 def nudge(
-    base: Model, nudger: Model, base_prompt: str, nudger_prompt: str, config: NudgingConfig, state: EngineState
+    base: Model, nudger: Model, base_prompt: str, nudger_prompt: str, config: NudgingConfig, state: EngineState,
+    read_lazily: bool = False,
 ) -> Iterator[Span]:
-    """Run nudging to the end, yielding each piece of the answer as it is written; sets state.stop_reason."""
+    """Run nudging to the end, yielding each piece of the answer once it is certain; sets state.stop_reason.
+
+    With `read_lazily`, a round reads the nudger's lookahead only up to its nudge (the base takes over within a
+    word or two); the rest of it, which matters only for the nudger's EOS (spec step 1), is computed alongside
+    the nudger's later passes (`Model.defer`), or at the latest after SETTLE_ROUNDS rounds or at the end
+    (`Model.settle`). Until then the spans are held back; where a rest holds the EOS, the answer goes back to that
+    round and ends there with its lookahead, as the spec's step 1 would have ended it.
+    """
+    held: list[Span] = []  # spans from round `waiting[0]` on, not yet yielded
+    released = 0  # spans yielded so far
+    waiting: list[_HeldRound] = []
+    rounds = _rounds(base, nudger, base_prompt, nudger_prompt, config, state, waiting, read_lazily)
+    went_back = False
     try:
-        yield from _rounds(base, nudger, base_prompt, nudger_prompt, config, state)
+        for span in rounds:
+            held.append(span)
+            if len(waiting) >= SETTLE_ROUNDS:
+                nudger.settle([round_.lookahead for round_ in waiting])
+            if went_back := _went_back(waiting, state, held, released):
+                rounds.close()
+                break
+            ready = waiting[0].spans - released if waiting else len(held)
+            yield from held[:ready]
+            released += ready
+            del held[:ready]
     except ContextWindowFull:
         state.stop_reason = "length"
+    if not went_back:
+        nudger.settle([round_.lookahead for round_ in waiting])
+        _went_back(waiting, state, held, released)
+    yield from held
+
+
+def _went_back(waiting: list[_HeldRound], state: EngineState, held: list[Span], released: int) -> bool:
+    """The rounds at the front of `waiting` whose lookaheads are complete leave it. Where one's lookahead holds the
+    nudger's EOS, the state and the held spans (the answer's spans from number `released` on) go back to that
+    round, which writes its lookahead and ends the answer (returns True)."""
+    while waiting and waiting[0].lookahead.complete:
+        ended = waiting.pop(0)
+        if not ended.lookahead.ended:
+            continue
+        text = ended.lookahead.text
+        state.answer = ended.answer + text
+        state.nudges = ended.nudges
+        del state.trace[ended.rounds :]
+        state.trace.append(RoundTrace(lookahead_chars=len(text), takeover="end"))
+        state.words = ended.words
+        state.words.add(text, "nudger")
+        state.stop_reason = "nudger_eos"
+        del held[ended.spans - released :]
+        held.append(Span(text, "nudger"))
+        waiting.clear()
+        return True
+    return False
 
 
 def _rounds(
-    base: Model, nudger: Model, base_prompt: str, nudger_prompt: str, config: NudgingConfig, state: EngineState
+    base: Model, nudger: Model, base_prompt: str, nudger_prompt: str, config: NudgingConfig, state: EngineState,
+    waiting: list[_HeldRound], read_lazily: bool,
 ) -> Iterator[Span]:
+    """The rounds; a round whose lookahead is not yet read to its end goes into `waiting` before its spans."""
+    spans = 0
+
     def budget_reached() -> bool:
         return base.count_tokens(state.answer) >= config.max_new_tokens
 
     def write(text: str, source: Source) -> Span:
+        nonlocal spans
+        spans += 1
         state.answer += text
         state.words.add(text, source)
         return Span(text, source)
@@ -80,6 +153,8 @@ def _rounds(
     while True:
         trace = RoundTrace()
         state.trace.append(trace)
+        before = _HeldRound(Lookahead(), state.answer, list(state.nudges), len(state.trace) - 1,
+                            copy.copy(state.words), spans)
         base.finish()  # the base's last run is over (a remote base's stream is closed here)
         # 0. Intervention cap: once the nudger wrote more than its share of the words, the base writes the rest.
         if config.max_nudged_fraction is not None and state.words.nudged_share > config.max_nudged_fraction:
@@ -88,23 +163,30 @@ def _rounds(
             yield from base_stage(run, run.next_choice(), to_the_end=True)
             state.stop_reason = state.stop_reason or "eos"
             return
-        # 1. Lookahead: the nudger proposes up to L tokens.
-        lookahead, nudger_done = nudger.greedy(nudger_prompt + state.answer, config.lookahead)
-        trace.lookahead_chars = len(lookahead)
-        if nudger_done:
-            trace.takeover = "end"
-            yield write(lookahead, "nudger")
-            state.stop_reason = "nudger_eos"
-            return
+        # 1. Lookahead: the nudger proposes up to L tokens (read as far as step 2 needs them).
+        lookahead = nudger.lookahead(nudger_prompt + state.answer, config.lookahead,
+                                     lazy=read_lazily and not rule.window)
 
         # 2. Nudging words: accept words until the base is confident again or agrees with the next word (the
         # window rule: cut the lookahead where the base is confident over the next window of it).
         if rule.window:
-            nudge_text, takeover = _window_switch(base, base_prompt + state.answer, lookahead, rule.window,
-                                                  config.gamma, trace)
+            lookahead.finish()
+            if not lookahead.ended:
+                nudge_text, takeover = _window_switch(base, base_prompt + state.answer, lookahead.text, rule.window,
+                                                      config.gamma, trace)
         else:
             nudge_text, takeover = _accept_words(base, base_prompt + state.answer, lookahead, rule, config.gamma,
                                                  trace)
+        trace.lookahead_chars = len(lookahead.text)
+        if lookahead.ended:
+            state.trace[-1] = RoundTrace(lookahead_chars=len(lookahead.text), takeover="end")
+            yield write(lookahead.text, "nudger")
+            state.stop_reason = "nudger_eos"
+            return
+        if not lookahead.complete:
+            nudger.defer(lookahead)
+            before.lookahead = lookahead
+            waiting.append(before)
 
         # 3. Repetition guard.
         if len(state.nudges) >= 3 and all(previous == nudge_text for previous in state.nudges[-3:]):
@@ -130,25 +212,39 @@ def _rounds(
 
 
 def _accept_words(
-    base: Model, prefix: str, lookahead: str, rule: Rule, gamma: float, trace: RoundTrace
+    base: Model, prefix: str, lookahead: Lookahead, rule: Rule, gamma: float, trace: RoundTrace
 ) -> tuple[str, tuple[Run, Choice] | None]:
     """Spec step 2: the nudge text, and the base run and token that take over after it (None if none does).
-    The agreement rule also takes over where the next word starts with none of the base's top-k strings."""
-    lead, words = split_lookahead(lookahead)
-    candidates = [i for i in range(1, len(words)) if words[i]]
-    queries = [prefix + join_words(lead, words[:i]) for i in candidates]
-    if queries:
-        # The whole lookahead goes along as a draft: where the base agrees with it, its stage is already computed.
-        choices = base.choices_at_prefixes(queries, draft=prefix + lookahead, top_k=rule.top_k)
-        for i, (run, choice) in zip(candidates, choices):
-            trace.boundaries_checked += 1
-            word = " " + words[i]
-            if (choice.is_eos or rule.score(choice) >= gamma or word.startswith(choice.piece)
-                    or not rule.lets_nudger_write(choice, word)):
-                trace.takeover = "eos" if choice.is_eos else "base"
-                return join_words(lead, words[:i]), (run, choice)
+    The agreement rule also takes over where the next word starts with none of the base's top-k strings.
+
+    The lookahead is read a token at a time, and each word boundary is checked once the word after it is whole
+    (followed by a space, or the lookahead is complete): the same checks in the same order as on the whole
+    lookahead, which stop at the first takeover. Where the nudger's EOS comes first, the caller ends the round.
+    """
+    checked = 0  # boundaries 1 .. checked are done
+    while not lookahead.ended:
+        lead, words = split_lookahead(lookahead.text)
+        whole = len(words) if lookahead.complete else len(words) - 1
+        candidates = [i for i in range(checked + 1, whole) if words[i]]
+        if candidates:
+            queries = [prefix + join_words(lead, words[:i]) for i in candidates]
+            # The lookahead read so far goes along as a draft: where the base agrees with it, its stage is computed.
+            choices = base.choices_at_prefixes(queries, draft=prefix + lookahead.text, top_k=rule.top_k)
+            for i, (run, choice) in zip(candidates, choices):
+                trace.boundaries_checked += 1
+                word = " " + words[i]
+                if (choice.is_eos or rule.score(choice) >= gamma or word.startswith(choice.piece)
+                        or not rule.lets_nudger_write(choice, word)):
+                    trace.takeover = "eos" if choice.is_eos else "base"
+                    return join_words(lead, words[:i]), (run, choice)
+        checked = max(checked, whole - 1)
+        if lookahead.complete:
+            break
+        lookahead.extend()
+    if lookahead.ended:
+        return lookahead.text, None
     if len(words) == 1:
-        return lookahead, None
+        return lookahead.text, None
     return join_words(lead, words[:-1]), None
 
 

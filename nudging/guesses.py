@@ -1,32 +1,68 @@
-"""The nudger guesses the base's next token during a base stage, where that pays (a base much larger than its
-nudger, both local): speculative decoding with the small model as the drafter, inside nudging.
+"""How the pair's relative cost shapes the work, both models local: the nudger guesses the base's next token in
+base stages, and it reads its lookahead only as far as its nudge.
 
-In a base stage the base writes greedily, one forward pass per token. Before each pass the nudger (a tenth of the
-base's size at the paper's ratio) writes its own next token after the same answer, and the base's pass feeds it
-as a guess: where the base goes on to write it, the token after it is already computed, and a pass of two tokens
-costs about what a pass of one does on a CPU (nudging.backends.cpu_linear). The base still chooses every token
-from its own logits, so the answer is the spec's. The nudger's passes count in its own work figures, and they
-are not wasted: where the stage ends, the nudger's next lookahead starts from positions it has computed.
+Guesses: speculative decoding with the small model as the drafter, inside nudging. In a base stage the base writes
+greedily, one forward pass per token. Before each pass the nudger writes its own next token after the same answer,
+and the base's pass feeds it (and the earlier n-grams that follow it, nudging.backends.drafts) as guesses: where
+the base goes on to write them, the tokens after them are already computed, and a pass of up to four tokens costs
+about what a pass of one does on a CPU (nudging.backends.cpu_linear). The base still chooses every token from its
+own logits, so the answer is the spec's. The nudger's passes count in its own work figures, and they are not
+wasted: they carry the rests of earlier lookaheads (nudging.backends.lookahead), and where the stage ends, the
+nudger's next lookahead starts from positions it has computed.
+
+Reading lazily pays where a nudger pass costs much next to a base pass (the demo pair, 2:1 in parameters); a base
+many times the nudger's size profits more from the whole lookahead, which its word-boundary pass verifies as a
+draft for its stage (the 11:1 ratio pair: a third more base passes when read lazily). Measured in docs/speed.md.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
+from nudging.backends.drafts import DRAFT_TOKENS
 from nudging.backends.interface import Model
+from nudging.pieces import CONTEXT_TOKENS, decode, is_complete, text_after
 
-GUESS_SIZE_RATIO = 4.0  # the base has at least this many times the nudger's parameters (demo pair: 2, off)
+GUESS_SIZE_RATIO = 1.5  # the base has at least this many times the nudger's parameters (demo pair: 2, ratio pair: 11)
+LAZY_SIZE_RATIO = 4.0  # below this ratio the nudger reads its lookahead lazily (demo pair: yes, ratio pair: no)
 
 
 def nudger_guesser(nudger: Model, base_prompt: str, nudger_prompt: str) -> Callable[[str], str]:
-    """base run text (base_prompt + answer) -> the nudger's next token's text after that answer ("" at its EOS)."""
+    """base run text (base_prompt + answer) -> the nudger's next token's text after that answer and the tokens that
+    followed it before ("" at its EOS)."""
     def guess(run_text: str) -> str:
         if not run_text.startswith(base_prompt):
             return ""
-        text, _ = nudger.greedy(nudger_prompt + run_text[len(base_prompt):], 1)
-        return text
+        return _continuation(nudger, nudger_prompt + run_text[len(base_prompt):], DRAFT_TOKENS)
 
     return guess
+
+
+def _continuation(nudger: Any, text: str, max_tokens: int) -> str:
+    """A local nudger's next token after `text` (one pass) and the tokens that followed it earlier in this
+    generation's runs (nudging.backends.drafts), at most `max_tokens` in all, as text ("" at its EOS)."""
+    run = nudger.start_run(text)
+    choice = run.next_choice()
+    if choice.is_eos:
+        return ""
+    ids = run.ids + [choice.token]
+    ids += nudger.drafts.guess(ids, max_tokens - 1)
+    before = run.ids[-CONTEXT_TOKENS:]
+    guessed = decode(nudger.tokenizer, before + ids[len(run.ids):])
+    return text_after(guessed, decode(nudger.tokenizer, before)) if is_complete(guessed) else choice.piece
+
+
+def size_ratio(base: Model, nudger: Model) -> float | None:
+    """The base's parameters per parameter of the nudger, where both are local models (None otherwise)."""
+    base_size, nudger_size = getattr(base, "parameter_count", None), getattr(nudger, "parameter_count", None)
+    return base_size / nudger_size if base_size and nudger_size else None
+
+
+def reads_lazily(base: Model, nudger: Model) -> bool:
+    """Whether the engine reads the nudger's lookahead only as far as its nudge (nudging.backends.lookahead):
+    both local, the base less than LAZY_SIZE_RATIO times the nudger's size."""
+    ratio = size_ratio(base, nudger)
+    return ratio is not None and ratio < LAZY_SIZE_RATIO
 
 
 def offer_nudger_guesses(base: Model, nudger: Model, base_prompt: str, nudger_prompt: str,
@@ -34,12 +70,12 @@ def offer_nudger_guesses(base: Model, nudger: Model, base_prompt: str, nudger_pr
     """Let the base read the nudger's guesses for this generation where it takes them (a local base) and it pays
     (both local, a greedy nudger, the base at least `min_ratio` (default GUESS_SIZE_RATIO) times the nudger's
     size); returns whether it does."""
-    base_size, nudger_size = getattr(base, "parameter_count", None), getattr(nudger, "parameter_count", None)
-    if not hasattr(base, "guesser") or not base_size or not nudger_size:
+    ratio = size_ratio(base, nudger)
+    if not hasattr(base, "guesser") or ratio is None:
         return False
     if not getattr(getattr(nudger, "sampler", None), "greedy", False):
         return False  # a sampling nudger would draw its guesses from the random stream its own tokens come from
-    if base_size < (GUESS_SIZE_RATIO if min_ratio is None else min_ratio) * nudger_size:
+    if ratio < (GUESS_SIZE_RATIO if min_ratio is None else min_ratio):
         return False
     base.guesser = nudger_guesser(nudger, base_prompt, nudger_prompt)
     return True

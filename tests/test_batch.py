@@ -14,7 +14,7 @@ import torch
 from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
 from nudging import Nudger
-from nudging.backends import batch
+from nudging.backends import batch, packed
 from nudging.backends.local import LocalModel
 from nudging.errors import InvalidArgumentError
 from reference import RefModel, reference_nudging
@@ -43,7 +43,7 @@ def _outcome(result) -> tuple:
 def test_batched_nudging_matches_the_reference(tokenizers, monkeypatch):
     """Every pair and setting of the reference grid, 8 answers at a time, in a cache small enough that it is
     squeezed and grown many times, with passes split at 24 tokens: each answer is the reference's."""
-    monkeypatch.setattr(batch, "INITIAL_CAPACITY", 32)
+    monkeypatch.setattr(packed, "INITIAL_CAPACITY", 32)
     monkeypatch.setattr(batch, "PASS_TOKENS", 24)  # prompts (10-30 tokens) of 8 lanes take several passes
     compactions, shared = {"base": 0, "nudger": 0}, {"base": 0, "nudger": 0}
     for name, (btok, bmodel, ntok, nmodel, same_prompt) in _pairs(tokenizers).items():

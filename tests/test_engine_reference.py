@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from nudging import Nudger
+from nudging import Nudger, guesses
 from nudging.backends.local import LocalModel
 from agreement import assert_same_answer, assert_trace_matches
 from reference import RefModel, reference_nudging
@@ -46,8 +46,17 @@ def _pairs(tokenizers):
     }
 
 
-@pytest.fixture(scope="module")
-def outcomes(tokenizers):
+@pytest.fixture(scope="module", params=["read lazily", "read whole"])
+def outcomes(tokenizers, request):
+    """The grid, with the nudger's lookahead read as far as the nudge (the tiny pairs' sizes ask for it) or whole
+    (as for a base many times the nudger's size)."""
+    with pytest.MonkeyPatch.context() as patch:
+        if request.param == "read whole":
+            patch.setattr(guesses, "LAZY_SIZE_RATIO", 0.0)
+        return _outcomes(tokenizers)
+
+
+def _outcomes(tokenizers):
     rows = []
     for name, (btok, bmodel, ntok, nmodel, same_prompt) in _pairs(tokenizers).items():
         engine = Nudger(local(bmodel, btok, "base"), local(nmodel, ntok, "nudger"))

@@ -90,7 +90,7 @@ def test_drafts_match_whole_tokens_only():
 
 
 def test_nudger_guesses_change_base_passes_not_answers(monkeypatch):
-    """The nudger guessing the base's next token in base stages, forced on for the tiny pairs of the reference
+    """The nudger guessing the base's next tokens in base stages, forced on for the tiny pairs of the reference
     grid (one size, so off by default): every answer equals the plain reference of the spec, and the base reads
     positions that were fed as the nudger's guesses."""
     import itertools
@@ -102,14 +102,15 @@ def test_nudger_guesses_change_base_passes_not_answers(monkeypatch):
     from tiny import metaspace_tokenizer
 
     monkeypatch.setattr(guesses, "GUESS_SIZE_RATIO", 0.0)
-    offered = []
+    offered, lengths = [], []
     real_guesser = guesses.nudger_guesser
 
-    def counting_guesser(*args):
-        guess = real_guesser(*args)
+    def counting_guesser(nudger, *args):
+        guess = real_guesser(nudger, *args)
 
         def counted(text: str) -> str:
             offered.append(guess(text))
+            lengths.append(len(nudger.tokenizer(offered[-1], add_special_tokens=False)["input_ids"]))
             return offered[-1]
 
         return counted
@@ -131,6 +132,7 @@ def test_nudger_guesses_change_base_passes_not_answers(monkeypatch):
             compared += 1
     assert compared == len(_pairs(tokenizers)) * 8
     assert sum(bool(guess) for guess in offered) >= 20, offered
+    assert max(lengths) > 1  # the nudger's token and what followed it before
 
 
 def test_guesses_are_offered_only_where_they_pay():

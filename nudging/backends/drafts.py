@@ -16,7 +16,7 @@ from __future__ import annotations
 from array import array
 from typing import Sequence
 
-DRAFT_TOKENS = 1  # one guessed token: a pass of two tokens costs what a pass of one does (cpu_linear)
+DRAFT_TOKENS = 3  # guessed tokens at most: a pass of up to four tokens costs about what a pass of one does (cpu_linear)
 MATCH_LENGTHS = (3, 2, 1)  # the longest match wins; a single token still guesses better than nothing
 RUNS_KEPT = 16  # earlier runs searched, newest first
 

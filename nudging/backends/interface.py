@@ -43,6 +43,29 @@ class Run(Protocol):
         """Extend the run by the token of `choice` (the last `next_choice`); returns its piece."""
 
 
+class Lookahead:
+    """Spec step 1's `greedy(x, L)`, computed as far as it has been read. `text`: the tokens' pieces so far;
+    `ended`: the model's EOS came (the text is final); `complete`: nothing more is to come (EOS, or L tokens).
+    This one was computed whole at once; a local model's (nudging.backends.local.RunLookahead) computes a token per
+    `extend`, and the model's `settle` completes several together."""
+
+    def __init__(self, text: str = "", ended: bool = False) -> None:
+        self.text = text
+        self.ended = ended
+
+    @property
+    def complete(self) -> bool:
+        return True
+
+    def extend(self) -> None:
+        """Compute the next token (only while not complete)."""
+        raise ValueError("this lookahead is complete")
+
+    def finish(self) -> None:
+        while not self.complete:
+            self.extend()
+
+
 class Counters(Protocol):
     def to_dict(self) -> dict[str, int]: ...
 
@@ -66,6 +89,12 @@ class Model(Protocol):
         `max_tokens` answer tokens."""
     def finish(self) -> None: ...
     def greedy(self, text: str, max_tokens: int) -> tuple[str, bool]: ...
+    def lookahead(self, text: str, max_tokens: int, lazy: bool = False) -> Lookahead:
+        """greedy(text, max_tokens); `lazy`: computed as far as it is read, where the model can."""
+    def defer(self, lookahead: Lookahead) -> None:
+        """The rest of this lookahead may be computed alongside the model's later work."""
+    def settle(self, lookaheads: Sequence[Lookahead]) -> None:
+        """Complete these lookaheads of this model."""
     def start_run(self, text: str, top_k: int = 0) -> Run: ...
     def choices_at_prefixes(self, texts: Sequence[str], draft: str | None = None,
                             top_k: int = 0) -> Iterator[tuple[Run, Choice]]:
@@ -114,6 +143,18 @@ class TokenizedModel:
 
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def lookahead(self, text: str, max_tokens: int, lazy: bool = False) -> Lookahead:
+        """The whole greedy(text, max_tokens) at once (a server writes it in one request)."""
+        written, ended = self.greedy(text, max_tokens)  # type: ignore[attr-defined]
+        return Lookahead(written, ended)
+
+    def defer(self, lookahead: Lookahead) -> None:
+        """Nothing to do alongside: `settle` completes it."""
+
+    def settle(self, lookaheads: Sequence[Lookahead]) -> None:
+        for lookahead in lookaheads:
+            lookahead.finish()
 
     def check_prompt_fits(self, text: str, what: str) -> None:
         if self.context_length is None:

@@ -6,10 +6,12 @@ re-tokenized text, a run that extends its own ids, and a batch of word-boundary 
 
 Beside the KV cache it keeps the next-token logits of the latest positions it computed. A run whose ids follow
 ids already fed through the model reads them instead of making a pass: the base verifies a draft (the nudger's
-lookahead, base-tokenized) in the one pass that checks the word boundaries, and a nudger whose next lookahead
-repeats tokens of its last one does not compute them again. A pass that computes a run's next logits also feeds
-one guessed token after them (nudging.backends.drafts, or the generation's guesser, nudging.guesses), which costs
-nothing on a CPU (nudging.backends.cpu_linear) and saves the next pass where the run writes that token.
+lookahead, base-tokenized) in the narrow pass that checks the first word boundary, and a nudger whose next
+lookahead repeats tokens of its last one does not compute them again. A pass that computes a run's next logits
+also feeds up to three guessed tokens after them (nudging.backends.drafts, or the generation's guesser,
+nudging.guesses), which costs little on a CPU (nudging.backends.cpu_linear) and saves the next passes where the
+run writes those tokens. Once the engine defers a lookahead's rest, the cache becomes the trunk of a packed cache
+whose passes also carry the rests (nudging.backends.lookahead).
 """
 
 from __future__ import annotations
@@ -23,8 +25,10 @@ import torch
 from transformers import DynamicCache
 
 from nudging.backends import cpu_linear
+from nudging.backends.devices import input_device
 from nudging.backends.drafts import DRAFT_TOKENS, Drafts
 from nudging.backends.interface import Choice, TokenizedModel, best_strings
+from nudging.backends.lookahead import LazyLookaheads, Trunk
 from nudging.config import SamplingConfig
 from nudging.errors import ContextWindowFull
 from nudging.pieces import IncrementalDetokenizer
@@ -70,16 +74,6 @@ def context_length(model: Any) -> int | None:
         if isinstance(value, int) and value > 0:
             return value
     return None
-
-
-def input_device(model: Any) -> torch.device:
-    """Where a model takes its input ids: its embedding's device, which on a model sharded by accelerate is the
-    first layer's (an embedding offloaded to CPU memory or disk runs where its hook puts it)."""
-    embeddings = model.get_input_embeddings()
-    if embeddings.weight.device.type != "meta":
-        return embeddings.weight.device
-    hook = getattr(embeddings, "_hf_hook", None)
-    return torch.device(getattr(hook, "execution_device", None) or "cpu")
 
 
 class Sampler:
@@ -168,7 +162,7 @@ def top_strings(
         count *= 4
 
 
-class LocalModel(TokenizedModel):
+class LocalModel(LazyLookaheads, TokenizedModel):
     """A causal LM with its tokenizer and a KV cache that is reused across runs."""
 
     full_distribution = True
@@ -187,6 +181,7 @@ class LocalModel(TokenizedModel):
         self._cache: DynamicCache | None = None
         self._cached_ids: list[int] = []
         self._kept = KeptLogits()
+        self._trunk: Trunk | None = None  # the cache as a packed trunk, once a lookahead's rest was deferred
         self.draft_tokens = draft_tokens  # guessed tokens fed after a run's last one (nudging.backends.drafts)
         self.drafts = Drafts()
         self.guesser: Callable[[str], str] | None = None  # run text -> a guess at what follows, this generation
@@ -213,6 +208,7 @@ class LocalModel(TokenizedModel):
         are dropped, so that each answer pays for its own passes (the KV cache of a shared prompt is reused)."""
         self._kept.clear()
         self.drafts.clear()
+        self.drop_rests()
         self.guesser = None  # a method that has a cheap guesser offers it after this (nudging.guesses)
         self.sampler = Sampler(sampling or self.sampling)
 
@@ -239,7 +235,7 @@ class LocalModel(TokenizedModel):
         try:
             logits = self._forward(ids, keep, len(ids) - first_position)
         except BaseException:
-            self._cache, self._cached_ids = None, []
+            self._cache, self._cached_ids, self._trunk = None, [], None
             self._kept.clear()
             raise
         self._cached_ids = list(ids)
@@ -256,6 +252,9 @@ class LocalModel(TokenizedModel):
     def _forward(self, ids: Sequence[int], keep: int, logits: int) -> torch.Tensor:
         """One pass: keep the first `keep` cached positions, feed the rest of `ids`, return the next-token logits
         of the last `logits` positions, in float32."""
+        if self._trunk is not None:
+            room = max(0, cpu_linear.SKINNY_ROWS - (len(ids) - keep))  # rows that ride along for free
+            return self._trunk.forward(ids, keep, logits, room)
         if self._cache is None or keep == 0:
             self._cache = DynamicCache()
         elif keep < len(self._cached_ids):
@@ -315,7 +314,12 @@ class LocalModel(TokenizedModel):
 
 def prefix_choices(model: LocalModel, texts: Sequence[str], draft: str | None,
                    top_k: int = 0) -> Iterator[tuple["LocalRun", Choice]]:
-    """LocalModel.choices_at_prefixes (here to keep the class short)."""
+    """LocalModel.choices_at_prefixes (here to keep the class short).
+
+    The texts that align with the longest tokenization are answered lazily, in at most two passes: the first
+    covers the first text and rides on only as far as the pass stays narrow (cpu_linear.SKINNY_ROWS new tokens);
+    a caller that reads on (the engine stops at the first word where the base takes over) gets the rest from one
+    pass over all of them. A narrow pass costs what a one-token pass does, a wide one two to four times that."""
     token_ids = [model.tokenize(text) for text in texts]
     passes = token_ids + ([model.tokenize(draft)] if draft is not None else [])
     fitting = [ids for ids in passes if model.context_length is None or len(ids) <= model.context_length]
@@ -323,16 +327,24 @@ def prefix_choices(model: LocalModel, texts: Sequence[str], draft: str | None,
     if draft is not None and longest is passes[-1] and longest[: len(token_ids[-1])] != token_ids[-1]:
         longest = fitting[-2] if len(fitting) >= 2 else []  # the draft tokenizes apart from the texts
     aligned = [bool(longest) and len(ids) <= len(longest) and longest[: len(ids)] == ids for ids in token_ids]
-    if any(aligned):
-        first = min(len(ids) - 1 for ids, ok in zip(token_ids, aligned) if ok)
-        needed = max(len(ids) for ids, ok in zip(token_ids, aligned) if ok)
-        # The draft rides along only as far as the pass stays narrow (cpu_linear.SKINNY_ROWS new tokens): a
-        # wide pass costs two to three narrow ones, more than the draft saves once the base stops agreeing.
-        longest = longest[: max(needed, kept_prefix(model._cached_ids, longest, first) + cpu_linear.SKINNY_ROWS)]
-        shared_logits = model.logits_from(longest, first)
+    needed = max((len(ids) for ids, ok in zip(token_ids, aligned) if ok), default=0)
+    narrow_pass_made = False
+
+    def ride_along(ids: list[int]) -> list[int]:
+        """The tokens of `longest` fed after `ids` where their row is not computed yet: a narrow draft the first
+        time, then every text still to come (and a narrow draft after the last)."""
+        kept = kept_prefix(model._cached_ids, ids, len(ids) - 1)
+        end = kept + cpu_linear.SKINNY_ROWS if not narrow_pass_made else max(needed, kept + cpu_linear.SKINNY_ROWS)
+        return longest[len(ids) : max(len(ids), end)]
+
     for text, ids, ok in zip(texts, token_ids, aligned):
         run = LocalRun(model, ids, text=text)
-        logits = shared_logits[len(ids) - 1 - first] if ok else model.logits_from(ids, len(ids) - 1)[0]
+        if ok:
+            passes_before = model.counters.forward_passes
+            logits = model.logits_from(ids, len(ids) - 1, guess=lambda: ride_along(ids))[0]
+            narrow_pass_made = narrow_pass_made or model.counters.forward_passes > passes_before
+        else:
+            logits = model.logits_from(ids, len(ids) - 1)[0]
         yield run, model.choose(logits, ids, run.detokenizer, top_k)
 
 
@@ -356,13 +368,14 @@ class LocalRun:
         """Tokens that may come next: the generation's guesser's text (nudging.guesses), else earlier n-grams
         (nudging.backends.drafts). Only the pass's width depends on them, never the run's tokens."""
         model = self.model
-        room = model.draft_tokens if model.context_length is None else min(
-            model.draft_tokens, model.context_length - len(self.ids))
+        room = model.guess_room() if model.context_length is None else min(
+            model.guess_room(), model.context_length - len(self.ids))
         if room <= 0:
             return []
+        guessed: list[int] = []
         if model.guesser is not None and (text := model.guesser(self.text)):
-            return model.tokenizer(text, add_special_tokens=False)["input_ids"][:room]
-        return model.drafts.guess(self.ids, room)
+            guessed = model.tokenizer(text, add_special_tokens=False)["input_ids"][:room]
+        return guessed + model.drafts.guess(list(self.ids) + guessed, room - len(guessed))
 
     def next_choice(self) -> Choice:
         return self.model.choose(self.next_logits(), self.ids, self.detokenizer, self.top_k)
