@@ -97,26 +97,31 @@ def nudge(
 
 
 def _went_back(waiting: list[_HeldRound], state: EngineState, held: list[Span], released: int) -> bool:
-    """The rounds at the front of `waiting` whose lookaheads are complete leave it. Where one's lookahead holds the
-    nudger's EOS, the state and the held spans (the answer's spans from number `released` on) go back to that
-    round, which writes its lookahead and ends the answer (returns True)."""
+    """The rounds at the front of `waiting` whose lookaheads are complete leave it (their trace gets the whole
+    lookahead's length). Where one's lookahead holds the nudger's EOS, the state and the held spans (the answer's
+    spans from number `released` on) go back to that round, which writes its lookahead and ends the answer
+    (returns True)."""
     while waiting and waiting[0].lookahead.complete:
-        ended = waiting.pop(0)
-        if not ended.lookahead.ended:
+        round_ = waiting.pop(0)
+        if not round_.lookahead.ended:
+            state.trace[round_.rounds].lookahead_chars = len(round_.lookahead.text)
             continue
-        text = ended.lookahead.text
-        state.answer = ended.answer + text
-        state.nudges = ended.nudges
-        del state.trace[ended.rounds :]
-        state.trace.append(RoundTrace(lookahead_chars=len(text), takeover="end"))
-        state.words = ended.words
-        state.words.add(text, "nudger")
-        state.stop_reason = "nudger_eos"
-        del held[ended.spans - released :]
-        held.append(Span(text, "nudger"))
+        state.answer, state.nudges, state.words = round_.answer, round_.nudges, round_.words
+        del state.trace[round_.rounds :]
+        del held[round_.spans - released :]
+        held.append(_end_with_lookahead(state, round_.lookahead.text))
         waiting.clear()
         return True
     return False
+
+
+def _end_with_lookahead(state: EngineState, text: str) -> Span:
+    """Spec step 1 at the nudger's EOS: the lookahead is the answer's last piece, in a round of its own."""
+    state.trace.append(RoundTrace(lookahead_chars=len(text), takeover="end"))
+    state.answer += text
+    state.words.add(text, "nudger")
+    state.stop_reason = "nudger_eos"
+    return Span(text, "nudger")
 
 
 def _rounds(
@@ -153,8 +158,6 @@ def _rounds(
     while True:
         trace = RoundTrace()
         state.trace.append(trace)
-        before = _HeldRound(Lookahead(), state.answer, list(state.nudges), len(state.trace) - 1,
-                            copy.copy(state.words), spans)
         base.finish()  # the base's last run is over (a remote base's stream is closed here)
         # 0. Intervention cap: once the nudger wrote more than its share of the words, the base writes the rest.
         if config.max_nudged_fraction is not None and state.words.nudged_share > config.max_nudged_fraction:
@@ -179,14 +182,13 @@ def _rounds(
                                                  trace)
         trace.lookahead_chars = len(lookahead.text)
         if lookahead.ended:
-            state.trace[-1] = RoundTrace(lookahead_chars=len(lookahead.text), takeover="end")
-            yield write(lookahead.text, "nudger")
-            state.stop_reason = "nudger_eos"
+            state.trace.pop()  # the checks made while reading it were not the spec's: the round ends at step 1
+            yield _end_with_lookahead(state, lookahead.text)
             return
-        if not lookahead.complete:
+        if not lookahead.complete:  # nothing of this round is written yet: the state before it is the state now
             nudger.defer(lookahead)
-            before.lookahead = lookahead
-            waiting.append(before)
+            waiting.append(_HeldRound(lookahead, state.answer, list(state.nudges), len(state.trace) - 1,
+                                      copy.copy(state.words), spans))
 
         # 3. Repetition guard.
         if len(state.nudges) >= 3 and all(previous == nudge_text for previous in state.nudges[-3:]):

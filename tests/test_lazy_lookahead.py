@@ -215,3 +215,14 @@ def test_the_answer_streams_while_later_rounds_wait(tokenizers):
                                                           config=NudgingConfig(gamma=0.4, max_new_tokens=48),
                                                           state=state)]
     assert len(state.trace) >= 3 and rounds_seen[0] < len(state.trace), (rounds_seen, len(state.trace))
+
+
+def test_reading_lazily_or_whole_records_the_same_rounds(tokenizers):
+    """The trace of every answer in the grid (each round's lookahead length, word checks, takeover and stage) is
+    the same whether the lookahead was read lazily or whole."""
+    traces = {}
+    for reading, ratio in (("lazily", float("inf")), ("whole", 0.0)):
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(guesses, "LAZY_SIZE_RATIO", ratio)
+            traces[reading] = [[round_.to_dict() for round_ in got.trace] for *_, got in _outcomes(tokenizers)]
+    assert traces["lazily"] == traces["whole"]

@@ -29,6 +29,7 @@ from nudging.backends.devices import input_device
 from nudging.backends.drafts import DRAFT_TOKENS, Drafts
 from nudging.backends.interface import Choice, TokenizedModel, best_strings
 from nudging.backends.lookahead import LazyLookaheads, Trunk
+from nudging.backends.packed import kept_prefix
 from nudging.config import SamplingConfig
 from nudging.errors import ContextWindowFull
 from nudging.pieces import IncrementalDetokenizer
@@ -135,16 +136,6 @@ class KeptLogits:
             fresh = fresh.clone()  # don't hold a long prompt's logits alive through a few views
         for offset, row in enumerate(fresh):
             self.rows[oldest + offset] = row
-
-
-def kept_prefix(cached_ids: Sequence[int], ids: Sequence[int], first_position: int) -> int:
-    """How many leading positions of `ids` a pass can keep from a cache of `cached_ids` (it recomputes from
-    first_position at the latest, and always feeds the last id)."""
-    keep = 0
-    limit = min(len(cached_ids), first_position, len(ids) - 1)
-    while keep < limit and cached_ids[keep] == ids[keep]:
-        keep += 1
-    return keep
 
 
 def top_strings(
@@ -328,21 +319,21 @@ def prefix_choices(model: LocalModel, texts: Sequence[str], draft: str | None,
         longest = fitting[-2] if len(fitting) >= 2 else []  # the draft tokenizes apart from the texts
     aligned = [bool(longest) and len(ids) <= len(longest) and longest[: len(ids)] == ids for ids in token_ids]
     needed = max((len(ids) for ids, ok in zip(token_ids, aligned) if ok), default=0)
-    narrow_pass_made = False
+    passes_made = 0
 
     def ride_along(ids: list[int]) -> list[int]:
-        """The tokens of `longest` fed after `ids` where their row is not computed yet: a narrow draft the first
-        time, then every text still to come (and a narrow draft after the last)."""
+        """The tokens of `longest` fed after `ids` in a pass for its row (called only where one is made): a
+        narrow draft the first time, then every text still to come (and a narrow draft after the last)."""
+        nonlocal passes_made
+        passes_made += 1
         kept = kept_prefix(model._cached_ids, ids, len(ids) - 1)
-        end = kept + cpu_linear.SKINNY_ROWS if not narrow_pass_made else max(needed, kept + cpu_linear.SKINNY_ROWS)
+        end = kept + cpu_linear.SKINNY_ROWS if passes_made == 1 else max(needed, kept + cpu_linear.SKINNY_ROWS)
         return longest[len(ids) : max(len(ids), end)]
 
     for text, ids, ok in zip(texts, token_ids, aligned):
         run = LocalRun(model, ids, text=text)
         if ok:
-            passes_before = model.counters.forward_passes
             logits = model.logits_from(ids, len(ids) - 1, guess=lambda: ride_along(ids))[0]
-            narrow_pass_made = narrow_pass_made or model.counters.forward_passes > passes_before
         else:
             logits = model.logits_from(ids, len(ids) - 1)[0]
         yield run, model.choose(logits, ids, run.detokenizer, top_k)

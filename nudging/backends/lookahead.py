@@ -20,7 +20,7 @@ import torch
 from transformers.cache_utils import DynamicLayer
 
 from nudging.backends.interface import Lookahead
-from nudging.backends.packed import TRUNK, PackedModel, PassRequest
+from nudging.backends.packed import TRUNK, PackedModel, PassRequest, kept_prefix
 
 
 class RunLookahead(Lookahead):
@@ -103,7 +103,7 @@ class Trunk:
     for the rests goes into the model's counters (its own pass is counted where it asks for it)."""
 
     def __init__(self, model: Any, layers: Sequence[tuple[torch.Tensor, torch.Tensor]], counters: Any) -> None:
-        self.packed = PackedModel(model, capacity=2 * (layers[0][0].shape[2] if layers else 0) or None)
+        self.packed = PackedModel(model, capacity=2 * layers[0][0].shape[2])
         self.packed.start_trunk(layers)
         self.counters = counters
         self.rests: dict[RunLookahead, int] = {}  # a deferred lookahead -> its lane
@@ -120,10 +120,7 @@ class Trunk:
     def defer(self, lookahead: RunLookahead, cached_ids: Sequence[int]) -> None:
         """Fork a lane for the lookahead's rest from the trunk, where its run's ids and the trunk's part."""
         ids = lookahead.run.ids
-        fork = 0
-        while fork < min(len(ids) - 1, len(cached_ids)) and ids[fork] == cached_ids[fork]:
-            fork += 1
-        self.rests[lookahead] = self.packed.new_lane(offset=fork)
+        self.rests[lookahead] = self.packed.new_lane(offset=kept_prefix(cached_ids, ids, len(ids) - 1))
 
     def forward(self, ids: Sequence[int], keep: int, logits: int, room: int) -> torch.Tensor:
         """The model's own pass (keep the trunk's first `keep` positions, feed the rest of `ids`), with up to
@@ -149,7 +146,7 @@ class Trunk:
     def drop(self) -> None:
         """Forget every rest (a generation that ended before they were needed)."""
         for lane in self.rests.values():
-            self.packed.crop(lane, 0)
+            self.packed.close_lane(lane)
         self.rests.clear()
 
     def _keep_trunk(self, keep: int) -> None:
@@ -177,4 +174,4 @@ class Trunk:
         for rest, logits in zip(rests, outputs):
             rest.take(logits[-1])
             if rest.complete:
-                self.packed.crop(self.rests.pop(rest), 0)
+                self.packed.close_lane(self.rests.pop(rest))

@@ -23,6 +23,17 @@ TRUNK = -2  # the trunk lane: each other lane sees its positions before that lan
 INITIAL_CAPACITY = 1024  # cached positions per model before the first growth
 
 
+def kept_prefix(cached_ids: Sequence[int], ids: Sequence[int], first_position: int) -> int:
+    """How many leading positions of `ids` a pass can keep from a cache of `cached_ids` (it recomputes from
+    first_position at the latest, and always feeds the last id)."""
+    keep = 0
+    limit = min(len(cached_ids), first_position, len(ids) - 1)
+    while keep < limit and cached_ids[keep] == ids[keep]:
+        keep += 1
+    return keep
+
+
+
 class PackedCache:
     """Keys and values of all lanes of one model, in one sequence; `update` writes a pass's entries at `length`
     (the model calls it once per layer) and returns everything written so far. Duck-types transformers' Cache."""
@@ -47,15 +58,10 @@ class PackedCache:
         return self.length
 
     def seed(self, layers: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> None:
-        """Start from these keys and values (per layer, [batch, heads, length, dim]), written at the front."""
-        length = layers[0][0].shape[2]
-        for keys, values in layers:
-            shape = (keys.shape[0], keys.shape[1], self.capacity, keys.shape[3])
-            self.keys.append(keys.new_zeros(shape))
-            self.values.append(values.new_zeros(shape))
-            self.keys[-1][:, :, :length] = keys
-            self.values[-1][:, :, :length] = values
-        self.length = length
+        """Start an empty cache from these keys and values (per layer, [batch, heads, length, dim])."""
+        for layer, (keys, values) in enumerate(layers):
+            self.update(keys, values, layer)
+        self.length = layers[0][0].shape[2]
 
     def gather(self, indices: torch.Tensor, capacity: int) -> None:
         """Keep only the entries at `indices`, moved to the front, in a cache that holds `capacity` entries."""
@@ -109,30 +115,36 @@ class PackedModel:
         self._position_of = torch.zeros(capacity, dtype=torch.long, device=device)
         self._slots: dict[int, list[int]] = {}  # lane -> cache index of each of its positions, in order
         self._offsets: dict[int, int] = {}  # lane -> the position of its first entry; it sees the trunk's before it
+        self._lanes_opened = 0
         self._windows = _attention_windows(model.config)
         self.stats = PackedStats()
 
     def new_lane(self, offset: int = 0) -> int:
         """A lane; with `offset`, one that continues the first `offset` positions of the trunk (`start_trunk`)."""
-        lane = len(self._offsets)
+        lane = self._lanes_opened
+        self._lanes_opened += 1
         self._slots[lane] = []
         self._offsets[lane] = offset
         return lane
 
-    def start_trunk(self, layers: Sequence[tuple[torch.Tensor, torch.Tensor]] = ()) -> None:
+    def close_lane(self, lane: int) -> None:
+        """A lane that is done: its positions become holes, and it is forgotten."""
+        self.crop(lane, 0)
+        del self._slots[lane], self._offsets[lane]
+
+    def start_trunk(self, layers: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> None:
         """Open the trunk lane (TRUNK) of an empty PackedModel, holding these keys and values (per layer, as a
-        KV cache holds them) if any. Lanes opened with an offset see its positions before their offset."""
+        KV cache holds them). Lanes opened with an offset see its positions before their offset."""
         if self._slots or self.cache.length:
             raise ValueError("the trunk goes into an empty PackedModel")
+        length = layers[0][0].shape[2]
         self._slots[TRUNK] = []
         self._offsets[TRUNK] = 0
-        length = layers[0][0].shape[2] if layers else 0
-        if length:
-            self._make_room(length)
-            self.cache.seed(layers)
-            self._lane_of[:length] = TRUNK
-            self._position_of[:length] = torch.arange(length, device=self._lane_of.device)
-            self._slots[TRUNK] = list(range(length))
+        self._make_room(length)
+        self.cache.seed(layers)
+        self._lane_of[:length] = TRUNK
+        self._position_of[:length] = torch.arange(length, device=self._lane_of.device)
+        self._slots[TRUNK] = list(range(length))
 
     def hand_over(self, lane: int, keep: int) -> None:
         """The trunk keeps its first `keep` positions; those from there up to `lane`'s offset become the lane's
