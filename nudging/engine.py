@@ -61,12 +61,13 @@ class _HeldRound:
 
 def nudge(
     base: Model, nudger: Model, base_prompt: str, nudger_prompt: str, config: NudgingConfig, state: EngineState,
-    read_lazily: bool = False,
+    read_first: int | None = None,
 ) -> Iterator[Span]:
     """Run nudging to the end, yielding each piece of the answer once it is certain; sets state.stop_reason.
 
-    With `read_lazily`, a round reads the nudger's lookahead only up to its nudge (the base takes over within a
-    word or two); the rest of it, which matters only for the nudger's EOS (spec step 1), is computed alongside
+    With `read_first` tokens (None: the whole lookahead at once), a round reads that many tokens of the nudger's
+    lookahead before the base's first word check, then further only as far as its nudge (the base takes over within
+    a word or two); the rest of it, which matters only for the nudger's EOS (spec step 1), is computed alongside
     the nudger's later passes (`Model.defer`), or at the latest after SETTLE_ROUNDS rounds or at the end
     (`Model.settle`). Until then the spans are held back; where a rest holds the EOS, the answer goes back to that
     round and ends there with its lookahead, as the spec's step 1 would have ended it.
@@ -74,7 +75,7 @@ def nudge(
     held: list[Span] = []  # spans from round `waiting[0]` on, not yet yielded
     released = 0  # spans yielded so far
     waiting: list[_HeldRound] = []
-    rounds = _rounds(base, nudger, base_prompt, nudger_prompt, config, state, waiting, read_lazily)
+    rounds = _rounds(base, nudger, base_prompt, nudger_prompt, config, state, waiting, read_first)
     went_back = False
     try:
         for span in rounds:
@@ -126,7 +127,7 @@ def _end_with_lookahead(state: EngineState, text: str) -> Span:
 
 def _rounds(
     base: Model, nudger: Model, base_prompt: str, nudger_prompt: str, config: NudgingConfig, state: EngineState,
-    waiting: list[_HeldRound], read_lazily: bool,
+    waiting: list[_HeldRound], read_first: int | None,
 ) -> Iterator[Span]:
     """The rounds; a round whose lookahead is not yet read to its end goes into `waiting` before its spans."""
     spans = 0
@@ -167,8 +168,9 @@ def _rounds(
             state.stop_reason = state.stop_reason or "eos"
             return
         # 1. Lookahead: the nudger proposes up to L tokens (read as far as step 2 needs them).
-        lookahead = nudger.lookahead(nudger_prompt + state.answer, config.lookahead,
-                                     lazy=read_lazily and not rule.window)
+        lazy = read_first is not None and read_first < config.lookahead and not rule.window
+        lookahead = nudger.lookahead(nudger_prompt + state.answer, config.lookahead, lazy=lazy)
+        lookahead.read(read_first or 0)
 
         # 2. Nudging words: accept words until the base is confident again or agrees with the next word (the
         # window rule: cut the lookahead where the base is confident over the next window of it).

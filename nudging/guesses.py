@@ -1,5 +1,5 @@
 """How the pair's relative cost shapes the work, both models local: the nudger guesses the base's next token in
-base stages, and it reads its lookahead only as far as its nudge.
+base stages, and it reads its lookahead only as far as its nudge (after a first few tokens read at once).
 
 Guesses: speculative decoding with the small model as the drafter, inside nudging. In a base stage the base writes
 greedily, one forward pass per token. Before each pass the nudger writes its own next token after the same answer,
@@ -10,9 +10,11 @@ own logits, so the answer is the spec's. The nudger's passes count in its own wo
 wasted: they carry the rests of earlier lookaheads (nudging.backends.lookahead), and where the stage ends, the
 nudger's next lookahead starts from positions it has computed.
 
-Reading lazily pays where a nudger pass costs much next to a base pass (the demo pair, 2:1 in parameters); a base
-many times the nudger's size profits more from the whole lookahead, which its word-boundary pass verifies as a
-draft for its stage (the 11:1 ratio pair: a third more base passes when read lazily). Measured in docs/speed.md.
+Reading lazily pays where a nudger pass costs much next to a base pass (the demo pair, 2:1 in parameters). Where
+the base is many times the nudger's size (the 11:1 ratio pair), the nudger first reads READ_FIRST_TOKENS of each
+lookahead: where its EOS comes that soon (the answer's last round, as a rule), the round ends at once instead of
+the base writing a stage that the rest's EOS later takes back, a stage of base passes saved for a few nudger
+passes. Measured in docs/speed.md.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ from nudging.backends.interface import Model
 from nudging.pieces import CONTEXT_TOKENS, decode, is_complete, text_after
 
 GUESS_SIZE_RATIO = 1.5  # the base has at least this many times the nudger's parameters (demo pair: 2, ratio pair: 11)
-LAZY_SIZE_RATIO = 4.0  # below this ratio the nudger reads its lookahead lazily (demo pair: yes, ratio pair: no)
+LAZY_SIZE_RATIO = 4.0  # from this ratio on, READ_FIRST_TOKENS are read before the base's first check (ratio pair)
+READ_FIRST_TOKENS = 8  # ratio pair: 7 to 9 trade base for nudger passes at about one time cost (docs/speed.md)
 
 
 def nudger_guesser(nudger: Model, base_prompt: str, nudger_prompt: str) -> Callable[[str], str]:
@@ -58,11 +61,14 @@ def size_ratio(base: Model, nudger: Model) -> float | None:
     return base_size / nudger_size if base_size and nudger_size else None
 
 
-def reads_lazily(base: Model, nudger: Model) -> bool:
-    """Whether the engine reads the nudger's lookahead only as far as its nudge (nudging.backends.lookahead):
-    both local, the base less than LAZY_SIZE_RATIO times the nudger's size."""
+def tokens_read_first(base: Model, nudger: Model) -> int | None:
+    """How many tokens of each lookahead the engine reads before the base's first word check, reading the rest only
+    as far as the nudge (nudging.backends.lookahead): both local, none below LAZY_SIZE_RATIO, READ_FIRST_TOKENS
+    from it on; None (the whole lookahead at once) where a model is not local."""
     ratio = size_ratio(base, nudger)
-    return ratio is not None and ratio < LAZY_SIZE_RATIO
+    if ratio is None:
+        return None
+    return 0 if ratio < LAZY_SIZE_RATIO else READ_FIRST_TOKENS
 
 
 def offer_nudger_guesses(base: Model, nudger: Model, base_prompt: str, nudger_prompt: str,

@@ -80,7 +80,7 @@ def _nudging(call: Call) -> Iterator[Span]:
     rules.check_base(call.config, m["base"])
     guesses.offer_nudger_guesses(m["base"], m["nudger"], p["base"], p["nudger"])
     return engine.nudge(m["base"], m["nudger"], p["base"], p["nudger"], call.config, call.state,
-                        read_lazily=guesses.reads_lazily(m["base"], m["nudger"]))
+                        read_first=guesses.tokens_read_first(m["base"], m["nudger"]))
 
 
 def _nudging_method(name: str, summary: str, rule: str | None = None, capped: bool = False) -> Method:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from nudging import LocalModel, Nudger, models, prompts
+from nudging import LocalModel, Nudger, guesses, models, prompts
 from nudging.baselines.in_context import STOP, in_context_prompt
 from reference import RefModel, margins, reference_blend, reference_nudging, reference_text_ensemble
 
@@ -40,18 +40,43 @@ def test_nudger_eos_is_chat_end_of_turn(engine):
     assert engine.base.tokenizer.convert_tokens_to_ids("<eos>") in engine.base.eos_ids
 
 
+_REFERENCES: dict[tuple, object] = {}
+
+
+def _reference(pair, question: str, gamma: float, lookahead: int, budget: int):
+    """The plain reference's nudging answer, computed once per question and settings in this module."""
+    key = (question, gamma, lookahead, budget)
+    if key not in _REFERENCES:
+        (base_model, base_tok), (nudger_model, nudger_tok) = pair
+        _REFERENCES[key] = reference_nudging(
+            RefModel(base_model, base_tok), RefModel(nudger_model, nudger_tok), prompts.base_prompt(question),
+            prompts.chat_prompt(nudger_tok, question), gamma, lookahead, budget,
+        )
+    return _REFERENCES[key]
+
+
 @pytest.mark.parametrize("question", QUESTIONS)
 @pytest.mark.parametrize("gamma, lookahead, budget", [(0.3, 16, 48), (0.6, 6, 24)])
 def test_engine_matches_reference_on_demo_pair(pair, engine, question, gamma, lookahead, budget):
-    (base_model, base_tok), (nudger_model, nudger_tok) = pair
-    base_prompt = prompts.base_prompt(question)
-    nudger_prompt = prompts.chat_prompt(nudger_tok, question)
-    expected = reference_nudging(
-        RefModel(base_model, base_tok), RefModel(nudger_model, nudger_tok), base_prompt, nudger_prompt, gamma,
-        lookahead, budget,
-    )
+    expected = _reference(pair, question, gamma, lookahead, budget)
     got = engine.generate(question, gamma=gamma, lookahead=lookahead, max_new_tokens=budget)
     assert got.text == expected.text
+    assert [(span.text, span.source) for span in got.spans] == expected.spans
+    assert got.stop_reason == expected.stop_reason
+
+
+@pytest.mark.parametrize("question", QUESTIONS)
+def test_engine_reading_the_first_tokens_at_once_matches_reference_on_demo_pair(pair, engine, question,
+                                                                                  monkeypatch):
+    """The demo pair read as a base many times the nudger's size is: guesses.READ_FIRST_TOKENS of each lookahead
+    before the base's first check, then lazily."""
+    monkeypatch.setattr(guesses, "LAZY_SIZE_RATIO", 0.0)
+    expected = _reference(pair, question, 0.3, 16, 48)
+    got = engine.generate(question, gamma=0.3, lookahead=16, max_new_tokens=48)
+    assert guesses.tokens_read_first(engine.base, engine.nudger) == guesses.READ_FIRST_TOKENS
+    assert got.text == expected.text
+    assert [(span.text, span.source) for span in got.spans] == expected.spans
+    assert got.stop_reason == expected.stop_reason
     assert [(span.text, span.source) for span in got.spans] == expected.spans
     assert got.stop_reason == expected.stop_reason
 

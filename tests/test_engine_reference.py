@@ -9,6 +9,7 @@ import pytest
 
 from nudging import Nudger, guesses
 from nudging.backends.local import LocalModel
+from nudging.config import MAX_LOOKAHEAD
 from agreement import assert_same_answer, assert_trace_matches
 from reference import RefModel, reference_nudging
 from tiny import bigram_llama, byte_level_tokenizer, local, metaspace_tokenizer, single_token, stuck_llama, tiny_llama
@@ -46,13 +47,14 @@ def _pairs(tokenizers):
     }
 
 
-@pytest.fixture(scope="module", params=["read lazily", "read whole"])
+@pytest.fixture(scope="module", params=["read lazily", "3 tokens first", "read whole"])
 def outcomes(tokenizers, request):
-    """The grid, with the nudger's lookahead read as far as the nudge (the tiny pairs' sizes ask for it) or whole
-    (as for a base many times the nudger's size)."""
+    """The grid, with the nudger's lookahead read as far as the nudge (the tiny pairs' sizes ask for it), 3 tokens
+    at once and then as far as the nudge (as for a base many times the nudger's size), or whole."""
     with pytest.MonkeyPatch.context() as patch:
-        if request.param == "read whole":
+        if request.param != "read lazily":
             patch.setattr(guesses, "LAZY_SIZE_RATIO", 0.0)
+            patch.setattr(guesses, "READ_FIRST_TOKENS", 3 if request.param == "3 tokens first" else MAX_LOOKAHEAD)
         return _outcomes(tokenizers)
 
 

@@ -6,6 +6,7 @@ exact or cannot pay, the lookahead is read whole. Tiny models built here."""
 from __future__ import annotations
 
 import collections
+import types
 
 import pytest
 import torch
@@ -14,12 +15,13 @@ from nudging import Nudger, engine, guesses
 from nudging.backends import batch, lookahead, packed
 from nudging.backends.interface import Lookahead
 from nudging.backends.local import LocalModel
-from nudging.config import NudgingConfig, SamplingConfig
+from nudging.config import MAX_LOOKAHEAD, NudgingConfig, SamplingConfig
 from nudging.engine import EngineState
 from nudging.errors import ContextWindowFull
 from agreement import assert_same_answer, assert_trace_matches
 from reference import RefModel, reference_nudging
 from test_batch import tiny_gemma3
+from test_calibrate import chain_pair
 from test_engine_reference import _outcomes
 from tiny import byte_level_tokenizer, local, metaspace_tokenizer, tiny_llama
 
@@ -152,7 +154,9 @@ def test_the_lookahead_is_read_whole_where_lazily_would_not_be_exact_or_pay(toke
     assert type(lanes[0]["nudger"].lookahead("The cat", 8, lazy=True)) is Lookahead  # a batch carries no rests
     small, large = local(tiny_llama(meta, seed=1), meta, "small"), local(tiny_llama(meta, seed=1), meta, "large")
     large.__dict__["parameter_count"] = guesses.LAZY_SIZE_RATIO * small.parameter_count
-    assert guesses.reads_lazily(small, small) and not guesses.reads_lazily(large, small)
+    assert guesses.tokens_read_first(small, small) == 0  # lazily from the first token
+    assert guesses.tokens_read_first(large, small) == guesses.READ_FIRST_TOKENS
+    assert guesses.tokens_read_first(large, types.SimpleNamespace(name="remote")) is None  # no size: read whole
 
 
 def test_a_failed_pass_drops_the_trunk_and_the_next_answer_is_right(tokenizers, monkeypatch):
@@ -221,8 +225,57 @@ def test_reading_lazily_or_whole_records_the_same_rounds(tokenizers):
     """The trace of every answer in the grid (each round's lookahead length, word checks, takeover and stage) is
     the same whether the lookahead was read lazily or whole."""
     traces = {}
-    for reading, ratio in (("lazily", float("inf")), ("whole", 0.0)):
+    for reading, ratio, first in (("lazily", float("inf"), 0), ("3 tokens first", 0.0, 3),
+                                  ("whole", 0.0, MAX_LOOKAHEAD)):
         with pytest.MonkeyPatch.context() as patch:
             patch.setattr(guesses, "LAZY_SIZE_RATIO", ratio)
+            patch.setattr(guesses, "READ_FIRST_TOKENS", first)
             traces[reading] = [[round_.to_dict() for round_ in got.trace] for *_, got in _outcomes(tokenizers)]
-    assert traces["lazily"] == traces["whole"]
+    assert traces["lazily"] == traces["whole"] == traces["3 tokens first"]
+
+
+def test_reading_the_first_tokens_ends_a_last_round_before_the_base_writes(tokenizers):
+    """The nudger answers " the answer two" and ends; the base would take over after " the". Read lazily, the base
+    writes a stage that the rest's EOS then takes back; with the first tokens read at once, the round ends at the
+    EOS and the base makes no pass. The same answer either way, the reference's."""
+    byte = tokenizers["byte"]
+    bmodel, nmodel = chain_pair(byte, agree_p=0.9, disagree_p=0.6)
+    prompt = "The cat reads the question\n"
+    expected = reference_nudging(RefModel(bmodel, byte), RefModel(nmodel, byte), prompt, prompt, 0.5, 16, 32)
+    assert expected.stop_reason == "nudger_eos" and expected.text == " the answer two"
+    base_passes = {}
+    for first in (0, guesses.READ_FIRST_TOKENS):
+        pair = Nudger(local(bmodel, byte, "base"), local(nmodel, byte, "nudger"))
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(guesses, "LAZY_SIZE_RATIO", float("inf") if first == 0 else 0.0)
+            got = pair.generate(base_prompt=prompt, nudger_prompt=prompt, gamma=0.5, lookahead=16,
+                                max_new_tokens=32)
+        assert_same_answer(expected, got, f"{first} tokens read first")
+        base_passes[first] = pair.base.counters.forward_passes
+    assert base_passes[0] > 0 and base_passes[guesses.READ_FIRST_TOKENS] == 0, base_passes
+
+
+def test_a_ratio_pair_reads_its_first_tokens_before_the_base_checks_a_word(tokenizers):
+    """With READ_FIRST_TOKENS, step 2 starts on that many tokens of the lookahead (or all of it, where it is shorter
+    or ends sooner), and still reads on lazily where the nudge goes on; the answers are the reference's (the
+    grid's "3 tokens first" in test_engine_reference)."""
+    first, seen = 8, collections.Counter()
+    accept_words = engine._accept_words
+
+    def spy_accept_words(base, prefix, look, rule, gamma, trace):
+        assert isinstance(look, lookahead.RunLookahead) or look.complete
+        if isinstance(look, lookahead.RunLookahead):
+            assert look.complete or look.written == first, (look.written, look.max_tokens)
+            seen["read lazily after the first tokens"] += not look.complete
+        else:
+            seen["read whole (the lookahead is no longer than the first tokens)"] += 1
+        return accept_words(base, prefix, look, rule, gamma, trace)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(guesses, "LAZY_SIZE_RATIO", 0.0)
+        patch.setattr(guesses, "READ_FIRST_TOKENS", first)
+        patch.setattr(engine, "_accept_words", spy_accept_words)
+        rows = _outcomes(tokenizers)
+    for name, prompt, gamma, lookahead_tokens, budget, expected, got in rows:
+        assert_same_answer(expected, got, f"{name} {prompt!r} gamma={gamma} L={lookahead_tokens} M={budget}")
+    assert len(seen) == 2 and min(seen.values()) > 0, seen

@@ -61,6 +61,13 @@ class Lookahead:
         """Compute the next token (only while not complete)."""
         raise ValueError("this lookahead is complete")
 
+    def read(self, tokens: int) -> None:
+        """Compute up to `tokens` more tokens (fewer where it completes first)."""
+        for _ in range(tokens):
+            if self.complete:
+                return
+            self.extend()
+
     def finish(self) -> None:
         while not self.complete:
             self.extend()
