@@ -77,8 +77,6 @@ def test_engine_reading_the_first_tokens_at_once_matches_reference_on_demo_pair(
     assert got.text == expected.text
     assert [(span.text, span.source) for span in got.spans] == expected.spans
     assert got.stop_reason == expected.stop_reason
-    assert [(span.text, span.source) for span in got.spans] == expected.spans
-    assert got.stop_reason == expected.stop_reason
 
 
 @pytest.mark.parametrize("settings", [

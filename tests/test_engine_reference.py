@@ -47,15 +47,29 @@ def _pairs(tokenizers):
     }
 
 
-@pytest.fixture(scope="module", params=["read lazily", "3 tokens first", "read whole"])
+# how the nudger's lookahead is read: (guesses.LAZY_SIZE_RATIO, guesses.READ_FIRST_TOKENS) for the tiny pairs
+READINGS = {
+    "read lazily": (float("inf"), 0),  # as far as the nudge, as the demo pair
+    "3 tokens first": (0.0, 3),  # 3 tokens at once, then as far as the nudge, as for a base many times the nudger
+    "read whole": (0.0, MAX_LOOKAHEAD),
+}
+_GRIDS: dict[str, list] = {}
+
+
+def outcomes_read(tokenizers, reading: str) -> list:
+    """The grid read one of the READINGS ways, computed once per test session (test_lazy_lookahead compares them)."""
+    if reading not in _GRIDS:
+        ratio, first = READINGS[reading]
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(guesses, "LAZY_SIZE_RATIO", ratio)
+            patch.setattr(guesses, "READ_FIRST_TOKENS", first)
+            _GRIDS[reading] = _outcomes(tokenizers)
+    return _GRIDS[reading]
+
+
+@pytest.fixture(scope="module", params=list(READINGS))
 def outcomes(tokenizers, request):
-    """The grid, with the nudger's lookahead read as far as the nudge (the tiny pairs' sizes ask for it), 3 tokens
-    at once and then as far as the nudge (as for a base many times the nudger's size), or whole."""
-    with pytest.MonkeyPatch.context() as patch:
-        if request.param != "read lazily":
-            patch.setattr(guesses, "LAZY_SIZE_RATIO", 0.0)
-            patch.setattr(guesses, "READ_FIRST_TOKENS", 3 if request.param == "3 tokens first" else MAX_LOOKAHEAD)
-        return _outcomes(tokenizers)
+    return outcomes_read(tokenizers, request.param)
 
 
 def _outcomes(tokenizers):

@@ -15,14 +15,14 @@ from nudging import Nudger, engine, guesses
 from nudging.backends import batch, lookahead, packed
 from nudging.backends.interface import Lookahead
 from nudging.backends.local import LocalModel
-from nudging.config import MAX_LOOKAHEAD, NudgingConfig, SamplingConfig
+from nudging.config import NudgingConfig, SamplingConfig
 from nudging.engine import EngineState
 from nudging.errors import ContextWindowFull
 from agreement import assert_same_answer, assert_trace_matches
 from reference import RefModel, reference_nudging
 from test_batch import tiny_gemma3
 from test_calibrate import chain_pair
-from test_engine_reference import _outcomes
+from test_engine_reference import READINGS, _outcomes, outcomes_read
 from tiny import byte_level_tokenizer, local, metaspace_tokenizer, tiny_llama
 
 
@@ -224,14 +224,9 @@ def test_the_answer_streams_while_later_rounds_wait(tokenizers):
 def test_reading_lazily_or_whole_records_the_same_rounds(tokenizers):
     """The trace of every answer in the grid (each round's lookahead length, word checks, takeover and stage) is
     the same whether the lookahead was read lazily or whole."""
-    traces = {}
-    for reading, ratio, first in (("lazily", float("inf"), 0), ("3 tokens first", 0.0, 3),
-                                  ("whole", 0.0, MAX_LOOKAHEAD)):
-        with pytest.MonkeyPatch.context() as patch:
-            patch.setattr(guesses, "LAZY_SIZE_RATIO", ratio)
-            patch.setattr(guesses, "READ_FIRST_TOKENS", first)
-            traces[reading] = [[round_.to_dict() for round_ in got.trace] for *_, got in _outcomes(tokenizers)]
-    assert traces["lazily"] == traces["whole"] == traces["3 tokens first"]
+    traces = {reading: [[round_.to_dict() for round_ in got.trace] for *_, got in outcomes_read(tokenizers, reading)]
+              for reading in READINGS}
+    assert traces["read lazily"] == traces["read whole"] == traces["3 tokens first"]
 
 
 def test_reading_the_first_tokens_ends_a_last_round_before_the_base_writes(tokenizers):
@@ -257,8 +252,7 @@ def test_reading_the_first_tokens_ends_a_last_round_before_the_base_writes(token
 
 def test_a_ratio_pair_reads_its_first_tokens_before_the_base_checks_a_word(tokenizers):
     """With READ_FIRST_TOKENS, step 2 starts on that many tokens of the lookahead (or all of it, where it is shorter
-    or ends sooner), and still reads on lazily where the nudge goes on; the answers are the reference's (the
-    grid's "3 tokens first" in test_engine_reference)."""
+    or ends sooner), and still reads on lazily where the nudge goes on; the answers are the reference's."""
     first, seen = 8, collections.Counter()
     accept_words = engine._accept_words
 
