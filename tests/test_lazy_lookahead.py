@@ -85,11 +85,13 @@ def test_lazy_reading_gives_the_reference_answers_on_every_path(tokenizers, sett
         assert paths[path] > 0, (path, paths)
 
 
-def test_a_trunk_cropped_below_several_forks_completes_the_older_rests_first(tokenizers):
-    """Two rests forked after the position the trunk keeps (a re-tokenization that reaches back): the older one
-    is completed before the newer takes over the positions between, and both are the model's greedy runs."""
+@pytest.mark.parametrize("make", [tiny_llama, tiny_gemma3], ids=["llama", "gemma3-sliding-window"])
+def test_a_trunk_cropped_below_several_forks_keeps_every_rest_riding(tokenizers, make):
+    """Two rests forked after the position the trunk keeps (a re-tokenization that reaches back): the newer takes
+    over the positions between, the older gets copies of them, no pass of the rests alone is made, and both are
+    the model's greedy runs."""
     meta = tokenizers["meta"]
-    weights = tiny_llama(meta, seed=4)
+    weights = make(meta, seed=4)
     model = local(weights, meta, "nudger")
     model.start_generation(None, 32)
     texts = ["The cat reads the question", "The cat reads the question and"]
@@ -100,8 +102,11 @@ def test_a_trunk_cropped_below_several_forks_completes_the_older_rests_first(tok
         model.defer(rest)
         rests.append(rest)
     assert model._trunk is not None and len(model._trunk.rests) == 2
+    written = [rest.written for rest in rests]
+    passes = model.counters.forward_passes
     model.logits_from(meta("The")["input_ids"], 0)  # keeps one position: below both forks
-    assert rests[0].complete and not rests[1].complete  # the older completed, the newer rode along
+    assert model.counters.forward_passes == passes + 1  # the trunk's own pass, nothing settled
+    assert [rest.written for rest in rests] == [count + 1 for count in written]  # both rode along
     model.settle(rests)
     alone = local(weights, meta, "alone")
     for text, rest in zip(texts, rests):

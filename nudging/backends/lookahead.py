@@ -151,10 +151,10 @@ class Trunk:
 
     def _keep_trunk(self, keep: int) -> None:
         """The trunk keeps its first `keep` positions. A rest forked after them takes over the positions between
-        (only one can: older rests that would need them too are completed first)."""
+        (the newest one; older rests that need them too get copies)."""
         needing = [rest for rest, lane in self.rests.items() if self.packed.lane_offset(lane) > keep]
-        if len(needing) > 1:
-            self.settle(needing[:-1])
+        for rest in needing[:-1]:
+            self.packed.share_trunk(self.rests[rest], keep)
         if needing:
             self.packed.hand_over(self.rests[needing[-1]], keep)
         self.packed.crop(TRUNK, keep)
@@ -168,7 +168,7 @@ class Trunk:
     def _count(self, steps: Sequence[PassRequest], passes: int) -> None:
         self.counters.forward_passes += passes
         self.counters.tokens_processed += sum(len(step.new_ids) for step in steps)
-        self.counters.logit_rows += len(steps)
+        self.counters.logit_rows += sum(step.logits for step in steps)
 
     def _took(self, rests: Sequence[RunLookahead], outputs: Sequence[torch.Tensor]) -> None:
         for rest, logits in zip(rests, outputs):
