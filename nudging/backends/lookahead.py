@@ -20,7 +20,7 @@ import torch
 from transformers.cache_utils import DynamicLayer
 
 from nudging.backends.interface import Lookahead
-from nudging.backends.packed import TRUNK, PackedModel, PassRequest, kept_prefix
+from nudging.backends.packed import TRUNK, PackedModel, PassRequest, kept_prefix, share_trunk
 
 
 class RunLookahead(Lookahead):
@@ -154,7 +154,7 @@ class Trunk:
         (the newest one; older rests that need them too get copies)."""
         needing = [rest for rest, lane in self.rests.items() if self.packed.lane_offset(lane) > keep]
         for rest in needing[:-1]:
-            self.packed.share_trunk(self.rests[rest], keep)
+            share_trunk(self.packed, self.rests[rest], keep)
         if needing:
             self.packed.hand_over(self.rests[needing[-1]], keep)
         self.packed.crop(TRUNK, keep)

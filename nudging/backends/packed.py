@@ -158,24 +158,6 @@ class PackedModel:
             del trunk[keep:offset]
         self.crop(TRUNK, keep)
 
-    def share_trunk(self, lane: int, keep: int) -> None:
-        """Like `hand_over`, but the trunk keeps its positions from `keep` up to `lane`'s offset: the lane gets
-        copies of their keys and values (for a lane that needs them while another takes them over)."""
-        offset = self._offsets[lane]
-        if keep >= offset:
-            return
-        self._make_room(offset - keep)  # before reading slot indices: making room renumbers them
-        source = torch.tensor(self._slots[TRUNK][keep:offset], dtype=torch.long, device=self._lane_of.device)
-        start, count = self.cache.length, offset - keep
-        for store in (self.cache.keys, self.cache.values):
-            for tensor in store:
-                tensor[:, :, start : start + count] = tensor.index_select(2, source.to(tensor.device))
-        self._lane_of[start : start + count] = lane
-        self._position_of[start : start + count] = torch.arange(keep, offset, device=self._lane_of.device)
-        self._slots[lane] = list(range(start, start + count)) + self._slots[lane]
-        self._offsets[lane] = keep
-        self.cache.length = start + count
-
     def lane_length(self, lane: int) -> int:
         """Positions the lane holds of its own."""
         return len(self._slots[lane])
@@ -262,6 +244,25 @@ class PackedModel:
         for lane, slots in self._slots.items():
             self._slots[lane] = list(range(first, first + len(slots)))
             first += len(slots)
+
+
+def share_trunk(packed: PackedModel, lane: int, keep: int) -> None:
+    """Like `PackedModel.hand_over`, but the trunk keeps its positions from `keep` up to `lane`'s offset: the lane
+    gets copies of their keys and values (for a lane that needs them while another takes them over)."""
+    offset = packed._offsets[lane]
+    if keep >= offset:
+        return
+    packed._make_room(offset - keep)  # before reading slot indices: making room renumbers them
+    source = torch.tensor(packed._slots[TRUNK][keep:offset], dtype=torch.long, device=packed._lane_of.device)
+    start, count = packed.cache.length, offset - keep
+    for store in (packed.cache.keys, packed.cache.values):
+        for tensor in store:
+            tensor[:, :, start : start + count] = tensor.index_select(2, source.to(tensor.device))
+    packed._lane_of[start : start + count] = lane
+    packed._position_of[start : start + count] = torch.arange(keep, offset, device=packed._lane_of.device)
+    packed._slots[lane] = list(range(start, start + count)) + packed._slots[lane]
+    packed._offsets[lane] = keep
+    packed.cache.length = start + count
 
 
 def _masks(packed: PackedModel, query_lane: torch.Tensor, query_position: torch.Tensor, query_offset: torch.Tensor,
