@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
+from typing import TypeVar
 
 from nudging.errors import InvalidArgumentError
 
@@ -58,9 +59,16 @@ class NudgingConfig:
             raise InvalidArgumentError(f"lookahead must be at most {MAX_LOOKAHEAD}, got {self.lookahead!r}")
 
     def with_overrides(self, **values: object) -> "NudgingConfig":
-        """This config with the given fields replaced (None: keep this config's value), validated."""
-        changed = {name: value for name, value in values.items() if value is not None}
-        return replace(self, **changed) if changed else self
+        return with_overrides(self, values)
+
+
+_Config = TypeVar("_Config", "NudgingConfig", "BaselineConfig")
+
+
+def with_overrides(config: _Config, values: dict[str, object]) -> _Config:
+    """A frozen config with the given fields replaced (None: keep the config's value), validated."""
+    changed = {name: value for name, value in values.items() if value is not None}
+    return replace(config, **changed) if changed else config
 
 
 @dataclass(frozen=True)
@@ -123,6 +131,9 @@ class BaselineConfig:
                                   or not math.isfinite(alpha)):
             raise InvalidArgumentError(f"alpha (--alpha) must be a finite number, got {alpha!r}")
         check_whole_number("top_k", self.top_k, 1, MAX_TOP_K)
+
+    def with_overrides(self, **values: object) -> "BaselineConfig":
+        return with_overrides(self, values)
 
     @property
     def proxy_tuning_alpha(self) -> float:

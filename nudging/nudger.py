@@ -124,47 +124,47 @@ class Nudger:
     def stream(self, question: str | None = None, *, base_prompt: str | None = None,
                nudger_prompt: str | None = None, system: str | None = None, mode: Mode = "nudging",
                config: NudgingConfig | None = None, state: EngineState | None = None,
-               sampling: dict[str, SamplingConfig] | None = None) -> Iterator[Span]:
+               sampling: dict[str, SamplingConfig] | None = None,
+               baselines: BaselineConfig | None = None) -> Iterator[Span]:
         """Yield the answer's pieces as they are written; `state` (if given) holds the stop reason at the end.
-        `sampling` (by role) replaces the models' own sampling settings for this generation."""
+        `sampling` (by role) and `baselines` replace the models' sampling and this Nudger's baseline settings for
+        this generation."""
         method = self.check_method(mode)
         config = method.config_for(config or self.config)
         state = state if state is not None else EngineState()
         base_text, nudger_text = _prompts(self, question, base_prompt, nudger_prompt, system, method)
-        models = self._models()
-        for role, model in models.items():
-            model.start_generation((sampling or {}).get(role), config.max_new_tokens)
         prompt_of = {"base": base_text, "nudger": nudger_text, "anti_expert": base_text}
-        for role in method.roles:
-            models[role].check_prompt_fits(prompt_of[role], f"the {role.replace('_', '-')} prompt")
-        pieces = method.run(Call(models, prompt_of, config, self.baselines, state))
+        models = _started(self._models(), method, prompt_of, sampling, config.max_new_tokens)
+        pieces = method.run(Call(models, prompt_of, config, baselines or self.baselines, state))
         return _finishing(pieces, list(models.values()))
 
     def generate(self, question: str | None = None, *, base_prompt: str | None = None,
                  nudger_prompt: str | None = None, system: str | None = None, mode: Mode = "nudging",
                  gamma: float | None = None, lookahead: int | None = None, max_new_tokens: int | None = None,
                  rule: str | None = None, agreement_k: int | None = None, window: int | None = None,
-                 max_nudged_fraction: float | None = None, sampling: dict[str, SamplingConfig] | None = None,
-                 stop: str | Sequence[str] | None = None, on_span: Callable[[Span], None] | None = None,
+                 max_nudged_fraction: float | None = None, alpha: float | None = None, top_k: int | None = None,
+                 sampling: dict[str, SamplingConfig] | None = None, stop: str | Sequence[str] | None = None,
+                 on_span: Callable[[Span], None] | None = None,
                  should_stop: Callable[[], bool] | None = None) -> GenerationResult:
         """Answer one question (or raw prompts, used exactly as given) and return text, spans, stop reason, stats.
 
-        NudgingConfig's fields (None: this Nudger's), `sampling` (by role) and `stop` (strings: the answer ends before
-        the first one written) apply to this generation only. `on_span` gets each piece as it is written;
-        `should_stop` is asked after each, and true ends with stop reason "stop"."""
+        NudgingConfig's and BaselineConfig's fields (None: this Nudger's), `sampling` (by role) and `stop` (strings:
+        the answer ends before the first one written) apply to this generation only. `on_span` gets each piece as it
+        is written; `should_stop` is asked after each, and true ends with stop reason "stop"."""
         config = self.config.with_overrides(gamma=gamma, lookahead=lookahead, max_new_tokens=max_new_tokens, rule=rule,
                                             agreement_k=agreement_k, window=window, max_nudged_fraction=max_nudged_fraction)
+        baselines = self.baselines.with_overrides(alpha=alpha, top_k=top_k)
         stops = check_stops(stop)
         with self.batch.member() if self.batch is not None else nullcontext():  # a lane: one of the batch's members
-            state = EngineState()
-            before = {name: m.counters.to_dict() for name, m in self._models().items()}
+            state, models = EngineState(), self._models()
+            before = {name: m.counters.to_dict() for name, m in models.items()}
             started = time.perf_counter()
             pieces = self.stream(question, base_prompt=base_prompt, nudger_prompt=nudger_prompt, system=system,
-                                 mode=mode, config=config, state=state, sampling=sampling)
+                                 mode=mode, config=config, state=state, sampling=sampling, baselines=baselines)
             spans = merge_spans(_tap(_until_stop(pieces, stops, state), on_span, should_stop, state))
             seconds = time.perf_counter() - started
             work = {name: {key: value - before[name][key] for key, value in m.counters.to_dict().items()}
-                    for name, m in self._models().items()}
+                    for name, m in models.items()}
         return GenerationResult(text="".join(span.text for span in spans), spans=spans,
                                 stop_reason=state.stop_reason or "length", mode=mode, trace=state.trace,
                                 stats=stats_of(spans, state, work, seconds, self.base or self.nudger, mode))
@@ -179,6 +179,16 @@ def _check_batch(questions: Sequence[str | dict], batch_size: int) -> None:
                                    "arguments)")
     if batch_size < 1:
         raise InvalidArgumentError(f"generate_batch: batch_size must be at least 1, got {batch_size}")
+
+
+def _started(models: dict[str, Model], method: Method, prompt_of: dict[str, str],
+             sampling: dict[str, SamplingConfig] | None, max_new_tokens: int) -> dict[str, Model]:
+    """The models, each started on a new generation, once the prompts of those the method runs fit them."""
+    for role, model in models.items():
+        model.start_generation((sampling or {}).get(role), max_new_tokens)
+    for role in method.roles:
+        models[role].check_prompt_fits(prompt_of[role], f"the {role.replace('_', '-')} prompt")
+    return models
 
 
 def _prompts(nudger: Nudger, question: str | None, base_prompt: str | None, nudger_prompt: str | None,

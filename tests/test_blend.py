@@ -35,9 +35,8 @@ CLOSE = 1e-6  # a decision closer than this could be flipped by float32 against 
 
 def _blend(engine: Nudger, base_prompt: str, nudger_prompt: str, alpha: float, top_k: int = 5,
            budget: int = BUDGET, **settings):
-    engine.baselines = BaselineConfig(alpha=alpha, top_k=top_k)
-    return engine.generate(base_prompt=base_prompt, nudger_prompt=nudger_prompt, mode="blend",
-                           max_new_tokens=budget, **settings)
+    return engine.generate(base_prompt=base_prompt, nudger_prompt=nudger_prompt, mode="blend", alpha=alpha,
+                           top_k=top_k, max_new_tokens=budget, **settings)
 
 
 @pytest.fixture(scope="module")
@@ -130,6 +129,16 @@ def test_batched_lanes_give_the_answers_one_at_a_time(pairs):
     together = engine.generate_batch(questions, batch_size=4, mode="blend", gamma=0.8, max_new_tokens=BUDGET)
     assert [(r.text, r.spans, r.stop_reason) for r in together] == [(r.text, r.spans, r.stop_reason) for r in alone]
     assert any(s.source == "nudger" for r in alone for s in r.spans)
+    # alpha and top_k given to one call (and to a batch) apply to it only, and equal a Nudger built with them
+    own = Nudger(local(bmodel, btok, "base"), local(nmodel, ntok, "nudger"),
+                 baselines=BaselineConfig(alpha=1.0, top_k=2))
+    wanted = [own.generate(q, mode="blend", gamma=0.8, max_new_tokens=BUDGET) for q in questions]
+    per_call = engine.generate_batch(questions, batch_size=4, mode="blend", gamma=0.8, max_new_tokens=BUDGET,
+                                     alpha=1.0, top_k=2)
+    assert [(r.text, r.spans) for r in per_call] == [(r.text, r.spans) for r in wanted]
+    assert [r.text for r in wanted] != [r.text for r in alone]
+    assert engine.baselines == BaselineConfig(alpha=0.3)
+    assert engine.generate(questions[0], mode="blend", gamma=0.8, max_new_tokens=BUDGET).text == alone[0].text
 
 
 def test_alpha_defaults_are_each_methods_own():
@@ -149,6 +158,11 @@ def test_bad_alpha_for_blend_is_refused(pairs, alpha):
     with pytest.raises(InvalidArgumentError, match="--alpha"):
         engine.generate("The cat", mode="blend", max_new_tokens=4)
     assert engine.generate("The cat", mode="ensemble-text", max_new_tokens=4).text  # other modes ignore it
+    fine = Nudger(local(bmodel, btok, "base"), local(nmodel, ntok, "nudger"))
+    with pytest.raises(InvalidArgumentError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        fine.generate("The cat", mode="blend", alpha=alpha, max_new_tokens=4)  # given to one call
+    with pytest.raises(InvalidArgumentError, match="^top_k must be an integer from 1 to 20, got 0$"):
+        fine.generate("The cat", mode="blend", top_k=0, max_new_tokens=4)
 
 
 @pytest.mark.parametrize("alpha, expected", [("1.5", "mode blend needs alpha (--alpha) from 0 to 1, got 1.5"),

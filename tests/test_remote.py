@@ -420,14 +420,11 @@ def test_cli_remote_errors_are_one_line(capsys):
 
 # --- the paper's baselines over the API -------------------------------------------------------------------------
 def test_remote_text_ensemble_and_in_context_give_the_local_answers(servers, tiny_folders, local):
-    from nudging.config import BaselineConfig
-
     pair = remote(servers, tiny_folders, methods=["ensemble-text", "in-context"])
     runs = 0
     for question, k in [(q, k) for q in QUESTIONS for k in (1, 5)]:
-        pair.baselines = local.baselines = BaselineConfig(top_k=k)
-        expected = local.generate(question, mode="ensemble-text", max_new_tokens=32)
-        got = pair.generate(question, mode="ensemble-text", max_new_tokens=32)
+        expected = local.generate(question, mode="ensemble-text", top_k=k, max_new_tokens=32)
+        got = pair.generate(question, mode="ensemble-text", top_k=k, max_new_tokens=32)
         assert same(got, expected), (question, k, got.text, expected.text)
         for role in ("base", "nudger"):  # one stream per run and model, each read only up to the disagreement
             work = got.stats.models[role]
