@@ -175,8 +175,8 @@ def test_text_ensemble_matches_reference_on_demo_pair(pair, engine, question):
 def test_in_context_on_demo_pair_stops_at_the_next_query(pair, engine):
     (base_model, base_tok), _ = pair
     question = "What is the capital of France?"
-    got = engine.generate(question, mode="in-context", max_new_tokens=40)
-    expected, _ = RefModel(base_model, base_tok).greedy(in_context_prompt(question), 40)
+    got = engine.generate(question, mode="in-context", max_new_tokens=16)  # the next query starts by token 12
+    expected, _ = RefModel(base_model, base_tok).greedy(in_context_prompt(question), 16)
     assert STOP in expected  # the base answers, then starts the next turn
     assert got.text == expected.split(STOP)[0] and got.stop_reason == "stop"
     assert "Paris" in got.text and got.stats.models["nudger"]["forward_passes"] == 0

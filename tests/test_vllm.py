@@ -24,7 +24,8 @@ TOKENS = 32  # the demo prompts then end both ways: two by the nudger's EOS, two
 
 @pytest.fixture(scope="module")
 def vllm_pair():
-    servers = start_vllm_servers(["demo-base", "demo-nudger"], "--api-key", TEST_KEY)
+    # eager: no graph compilation at start (about 1 minute to ready, not 2 to 4); the scripts that measure vLLM keep it
+    servers = start_vllm_servers(["demo-base", "demo-nudger"], "--api-key", TEST_KEY, "--enforce-eager")
     (base, base_url), (nudger, nudger_url) = servers
     yield {"base": base, "base_url": base_url, "nudger_url": nudger_url}
     stop_vllm(base)
