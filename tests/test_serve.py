@@ -139,6 +139,8 @@ def test_stop_string_cuts_the_answer(client):
             assert chunks[-1].choices[0].finish_reason == "stop"
         else:
             assert response.choices[0].text == cut and response.choices[0].finish_reason == "stop"
+            info = response.model_extra["nudging"]
+            assert info["stop_reason"] == "stop_string" and "".join(s["text"] for s in info["spans"]) == cut
 
 
 def test_wrong_or_missing_key_is_401(server):

@@ -34,7 +34,7 @@ from nudging.serve.protocol import (
     CompletionChoice, CompletionChunk, CompletionRequest, CompletionResponse, Delta, Health, Logprobs, ModelCard,
     ModelList, NudgingInfo, PieceInfo, SpanInfo, TokenizeRequest, TokenizeResponse, Usage, new_id, now,
 )
-from nudging.text import Span, StopScanner, WordCount, count_words
+from nudging.text import Span, WordCount, count_words
 
 T = TypeVar("T")
 Put = Callable[[object], None]
@@ -104,35 +104,28 @@ class Service:
         return self.admitted - self.running
 
     async def generate(self, job: Job) -> AsyncIterator[Span | Finished]:
-        """Yield the pieces a client may see, then one Finished. Closing the iterator stops the generation."""
-        scanner = StopScanner(job.stops)
-        cancelled = threading.Event()
+        """Yield the pieces a client may see (the engine holds back what could start a stop string and ends at
+        one), then one Finished. Closing the iterator stops the generation."""
         sampling = {"base": job.sampling, "nudger": job.sampling}
 
         def work(replica: Nudger, put: Put, cancelled: threading.Event) -> None:
             put(replica.generate(
                 base_prompt=job.base_prompt, nudger_prompt=job.nudger_prompt, mode=job.mode, gamma=job.gamma,
-                lookahead=job.lookahead, max_new_tokens=job.max_tokens, sampling=sampling, on_span=put,
-                should_stop=cancelled.is_set, **job.rule,
+                lookahead=job.lookahead, max_new_tokens=job.max_tokens, sampling=sampling, stop=job.stops,
+                on_span=put, should_stop=cancelled.is_set, **job.rule,
             ))
 
-        items = self.threaded(work, cancelled)
+        items = self.threaded(work)
         try:
             async for item in items:
-                if isinstance(item, Span):
-                    for piece in scanner.feed(item):
-                        yield piece
-                    if scanner.stopped:
-                        cancelled.set()  # the engine ends with stop reason "stop" and still reports
-                elif isinstance(item, GenerationResult):
-                    for piece in scanner.flush():
-                        yield piece
-                    yield _finished(_cut(item.spans, scanner.sent), item, scanner.stopped)
+                if isinstance(item, GenerationResult):
+                    yield _finished(item)
                     return
+                yield item  # type: ignore[misc]
         finally:
             await items.aclose()
 
-    async def threaded(self, work: Work, cancelled: threading.Event | None = None) -> AsyncIterator[object]:
+    async def threaded(self, work: Work) -> AsyncIterator[object]:
         """Run `work(replica, put, cancelled)` on a lane in a worker thread and yield what it puts, as it puts it.
 
         Admission happens on the first step (TooManyRequests when full). Closing the iterator sets `cancelled`,
@@ -141,7 +134,7 @@ class Service:
         self._admit()
         loop = asyncio.get_running_loop()
         items: asyncio.Queue[object] = asyncio.Queue()
-        cancelled = cancelled or threading.Event()
+        cancelled = threading.Event()
 
         def put(item: object) -> None:
             try:
@@ -202,21 +195,13 @@ class Service:
             self.running += running
 
 
-def _cut(spans: list[Span], length: int) -> list[Span]:
-    kept, used = [], 0
-    for span in spans:
-        if used >= length:
-            break
-        kept.append(Span(span.text[: length - used], span.source))
-        used += len(kept[-1].text)
-    return kept
-
-
-def _finished(spans: list[Span], result: GenerationResult, stopped_by_string: bool) -> Finished:
-    if stopped_by_string:
-        return Finished(spans, "stop", "stop_string", result)
+def _finished(result: GenerationResult) -> Finished:
+    # a client sees a Finished only while it is connected, so the engine's "stop" (should_stop) is never a
+    # disconnect here: it is the stop string the engine ended at
+    if result.stop_reason == "stop":
+        return Finished(result.spans, "stop", "stop_string", result)
     finish = "length" if result.stop_reason == "length" else "stop"
-    return Finished(spans, finish, result.stop_reason, result)
+    return Finished(result.spans, finish, result.stop_reason, result)
 
 
 # --- the small routes ----------------------------------------------------------------------------------------
