@@ -11,7 +11,6 @@ prints a markdown table. Seconds are the eval command's wall time, its start-up 
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 import tempfile
@@ -20,11 +19,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
+from nudging.evals.report import load_runs  # noqa: E402
 from vllm_servers import start_vllm_servers, stop_vllm  # noqa: E402
 
 
 def rows_of(folder: Path) -> list[dict]:
-    return [json.loads(line) for path in sorted(folder.glob("*.jsonl")) for line in path.read_text().splitlines()]
+    """Every result row `nudging eval` wrote in the folder (read as `nudging eval --report` reads them)."""
+    return [row for _, rows in load_runs(folder) for row in rows]
 
 
 def main() -> int:

@@ -4,7 +4,6 @@ engine's answers with every remote protocol."""
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ from nudging import Nudger
 from nudging.backends.remote.client import ClientSettings
 from nudging.backends.remote.probe import connect
 from nudging.errors import RemoteError
+from nudging.evals.report import load_runs
 from nudging.prompts import DEFAULT_PROMPTS
 from test_remote import same
 from vllm_servers import TEST_KEY, start_vllm_servers, stop_vllm
@@ -100,7 +100,7 @@ def test_eval_over_vllm_gives_the_same_predictions_at_any_concurrency(vllm_pair,
                         f"openai:demo-base@{vllm_pair['base_url']}", "--nudger",
                         f"openai:demo-nudger@{vllm_pair['nudger_url']}", "--api-key", TEST_KEY, "--concurrency",
                         str(concurrency), "--out", str(out)], check=True, capture_output=True, timeout=600)
-        rows = [json.loads(line) for path in out.glob("*.jsonl") for line in path.read_text().splitlines()]
+        rows = [row for _, rows in load_runs(out) for row in rows]
         predictions[concurrency] = {row["id"]: row["prediction"] for row in rows}
     assert len(predictions[1]) == 4 and all(predictions[1].values())
     assert predictions[4] == predictions[1]
